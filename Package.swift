@@ -1,0 +1,36 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Targets follow the direction of dependencies described in docs/architecture.md:
+//   CKVM ← KVM ← VMM → Devices → VMMCore
+// Only KVM calls into CKVM's ioctls; Devices and VMMCore never see /dev/kvm, so they (and the
+// loader and virtqueue code to come) are testable anywhere.
+let package = Package(
+    name: "SwiftKVM",
+    products: [
+        .library(name: "VMM", targets: ["VMM"]),
+        .executable(name: "swiftkvm", targets: ["swiftkvm"]),
+        .executable(name: "swiftkvm-bench", targets: ["swiftkvm-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+    ],
+    targets: [
+        .target(name: "CKVM"),
+        .target(name: "KVM", dependencies: ["CKVM"]),
+        .target(name: "VMMCore"),
+        .target(name: "Devices", dependencies: ["VMMCore"]),
+        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "Devices"]),
+        .executableTarget(
+            name: "swiftkvm",
+            dependencies: ["VMM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(name: "swiftkvm-bench", dependencies: ["VMM"]),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
+        .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
+        .testTarget(name: "CLITests", dependencies: []),
+    ],
+    swiftLanguageModes: [.v5]
+)

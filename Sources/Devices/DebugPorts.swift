@@ -1,0 +1,79 @@
+import Synchronization
+import VMMCore
+
+/// The debug-exit port (like QEMU's `isa-debug-exit`): a byte written to it ends the guest, and
+/// that byte becomes the exit status. Firmware guests use it to report pass/fail.
+///
+/// The device does not stop anything itself: it hands the status to `onExit`, which the machine
+/// wires to its stop request.
+public final class DebugExitPort: BusDevice {
+    /// The conventional port (`Firmware/include/guest.S.inc`).
+    public static let port: UInt16 = 0xF4
+
+    let onExit: (UInt8) -> Void
+
+    public init(onExit: @escaping (UInt8) -> Void) { self.onExit = onExit }
+
+    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        for index in data.indices { data[index] = 0xFF }
+    }
+
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
+        guard offset == 0, let status = data.first else { return }
+        onExit(status)
+    }
+}
+
+/// The value-report port: each write appends a value (zero-extended to 32 bits) that a test can
+/// assert on afterwards. A `rep outsd` of four dwords reports four values.
+public final class ReportPort: BusDevice, @unchecked Sendable {
+    public static let port: UInt16 = 0xF8
+
+    private let reported = Mutex<[UInt32]>([])
+    /// At most this many values are kept, so a guest cannot exhaust host memory through the port.
+    public let capacity: Int
+
+    public init(capacity: Int = 1 << 16) { self.capacity = capacity }
+
+    /// The values reported so far, in order.
+    public var values: [UInt32] { reported.withLock { $0 } }
+
+    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        for index in data.indices { data[index] = 0xFF }
+    }
+
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
+        guard offset == 0 else { return }
+        var value: UInt32 = 0
+        for (position, byte) in data.prefix(4).enumerated() { value |= UInt32(byte) << (8 * UInt32(position)) }
+        reported.withLock { values in
+            if values.count < capacity { values.append(value) }
+        }
+    }
+}
+
+/// A write-only stand-in for a 16550 UART at COM1: enough for firmware guests to print.
+///
+/// The transmit holding register (offset 0, DLAB clear) passes each byte to `output`; the line
+/// status register (offset 5) always reads "transmitter empty" (THRE | TEMT = 0x60) so a guest that
+/// polls it before each byte never waits; every other register reads 0. It raises no interrupts and
+/// receives nothing — Linux needs the full 16550A model for that.
+public final class TransmitOnlySerial: BusDevice {
+    public static let com1: UInt16 = 0x3F8
+    /// The UART occupies eight ports from its base.
+    public static let portCount: UInt64 = 8
+
+    let output: (UInt8) -> Void
+
+    public init(output: @escaping (UInt8) -> Void) { self.output = output }
+
+    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        guard !data.isEmpty else { return }
+        data[0] = offset == 5 ? 0x60 : 0
+    }
+
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
+        guard offset == 0, let byte = data.first else { return }
+        output(byte)
+    }
+}

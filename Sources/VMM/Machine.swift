@@ -1,0 +1,174 @@
+import Dispatch
+import Glibc
+import KVM
+import Synchronization
+import VMMCore
+
+/// The process's `/dev/kvm` and what it reports that never changes: opened once, on first use.
+public enum HostKVM {
+    private static let opened = Result { () throws(KVMError) -> KVMSystem in try KVMSystem() }
+    private static let cpuid = Result { () throws(KVMError) -> [CPUIDEntry] in try opened.get().supportedCPUID() }
+
+    /// The shared `/dev/kvm`, or the error that opening it gave (with a hint on how to fix it).
+    public static func system() throws(KVMError) -> KVMSystem { try opened.get() }
+    /// KVM_GET_SUPPORTED_CPUID, asked once per process.
+    public static func supportedCPUID() throws(KVMError) -> [CPUIDEntry] { try cpuid.get() }
+}
+
+/// What a finished run reports, per vCPU and in total.
+public struct RunReport: Sendable {
+    public let outcome: GuestOutcome
+    public let statistics: ExitStatistics
+    /// vCPU 0's registers when it stopped (nil if they could not be read).
+    public let registers: Registers?
+    public let specialRegisters: SpecialRegisters?
+    /// From the first KVM_RUN to the last vCPU thread's end.
+    public let duration: Duration
+}
+
+/// A virtual machine assembled from its parts: KVM's VM, guest memory, the two buses and the vCPUs.
+///
+/// The machine runs each vCPU on a thread of its own and stops them all when any of them (or a
+/// device, or the host) requests a stop through `stopSignal`.
+public final class Machine: @unchecked Sendable {
+    /// Guest-physical pages KVM needs outside RAM for Intel's real-mode support (KVM_SET_TSS_ADDR
+    /// takes three pages, KVM_SET_IDENTITY_MAP_ADDR one), just below the 4 GiB boundary's BIOS area.
+    public static let tssAddress: UInt64 = 0xFFFB_D000
+    public static let identityMapAddress: UInt64 = 0xFFFB_C000
+
+    public let system: KVMSystem
+    public let vm: VirtualMachine
+    public let memory: GuestMemory
+    public var ports = Bus()
+    public var mmio = Bus()
+    public let stopSignal = StopSignal()
+    public private(set) var vcpus: [VCPU] = []
+    private let threads = Mutex<[pthread_t]>([])
+
+    /// Creates the VM and gives it `memory`, one KVM memory slot per region.
+    public init(system: KVMSystem, memory: GuestMemory) throws(VMMError) {
+        self.system = system
+        self.memory = memory
+        do {
+            vm = try system.makeVirtualMachine()
+            try vm.setIdentityMapAddress(Self.identityMapAddress)
+            try vm.setTSSAddress(Self.tssAddress)
+            for (slot, region) in memory.regions.enumerated() {
+                try vm.setUserMemoryRegion(
+                    slot: UInt32(slot), guestAddress: region.start.rawValue, size: UInt64(region.size), hostAddress: region.host)
+            }
+        } catch {
+            throw .kvm(error)
+        }
+    }
+
+    /// Creates the next vCPU (KVM_CREATE_VCPU) with the host's supported CPUID.
+    @discardableResult
+    public func addVCPU(cpuid: [CPUIDEntry]) throws(VMMError) -> VCPU {
+        do {
+            let vcpu = try vm.makeVCPU(id: UInt32(vcpus.count))
+            try vcpu.setCPUID(cpuid)
+            vcpus.append(vcpu)
+            return vcpu
+        } catch {
+            throw .kvm(error)
+        }
+    }
+
+    /// Places a device on `count` I/O ports from `port`.
+    public func addPortDevice(_ device: any BusDevice, at port: UInt16, count: UInt64 = 1) throws(VMMError) {
+        do { try ports.insert(device, at: UInt64(port), length: count) } catch { throw .bus(error) }
+    }
+
+    /// Places a device on `length` bytes of guest-physical address space from `address`.
+    public func addMMIODevice(_ device: any BusDevice, at address: GuestAddress, length: UInt64) throws(VMMError) {
+        do { try mmio.insert(device, at: address.rawValue, length: length) } catch { throw .bus(error) }
+    }
+
+    /// Ends the run with `outcome` (unless it has ended already) and kicks every vCPU out of KVM_RUN.
+    /// Safe from any thread, including a vCPU's own.
+    public func requestStop(_ outcome: GuestOutcome) {
+        stopSignal.request(outcome)
+        let running = threads.withLock { $0 }
+        for (index, thread) in running.enumerated() where index < vcpus.count {
+            Kick.kick(vcpus[index], on: thread)
+        }
+    }
+
+    /// Runs every vCPU on its own thread until one of them, a device or the host stops the machine,
+    /// or until `timeLimit` passes (then the outcome is `.timedOut`).
+    public func run(timeLimit: Duration? = nil) throws(VMMError) -> RunReport {
+        guard !vcpus.isEmpty else { throw .configuration("the machine has no vCPU") }
+        do { try Kick.installHandler() } catch { throw .kvm(error) }
+
+        let finished = DispatchSemaphore(value: 0)
+        let results = Mutex<[Int: (ExitStatistics, Registers?, SpecialRegisters?)]>([:])
+        let clock = ContinuousClock()
+        let start = clock.now
+        var started: [VCPUThread] = []
+        for (index, vcpu) in vcpus.enumerated() {
+            let thread: VCPUThread
+            do {
+                thread = try VCPUThread(name: "vcpu\(index)") { [self] in
+                    let statistics = runLoop(vcpu)
+                    let registers = try? vcpu.registers()
+                    let special = try? vcpu.specialRegisters()
+                    results.withLock { $0[index] = (statistics, registers, special) }
+                    finished.signal()
+                }
+            } catch {
+                requestStop(.vmmError(error.description))
+                for thread in started { thread.join() }
+                throw error
+            }
+            started.append(thread)
+            threads.withLock { $0.append(thread.handle) }
+        }
+        // A stop requested before a thread's handle was recorded missed its kick: kick again now.
+        if stopSignal.isRequested { requestStop(.stopped) }
+
+        var remaining = started.count
+        if let timeLimit {
+            let nanoseconds = max(0, timeLimit.components.seconds * 1_000_000_000 + timeLimit.components.attoseconds / 1_000_000_000)
+            let deadline = DispatchTime.now() + .nanoseconds(Int(min(nanoseconds, Int64(Int.max))))
+            while remaining > 0, finished.wait(timeout: deadline) == .success { remaining -= 1 }
+            if remaining > 0 { requestStop(.timedOut) }
+        }
+        // Kick until every thread is out: one kick suffices, but a kick is cheap and a hang is not.
+        while remaining > 0 {
+            if finished.wait(timeout: .now() + .milliseconds(50)) == .success {
+                remaining -= 1
+            } else {
+                requestStop(.stopped)
+            }
+        }
+        for thread in started { thread.join() }
+        let duration = clock.now - start
+        threads.withLock { $0.removeAll() }
+
+        let collected = results.withLock { $0 }
+        let statistics = collected.values.reduce(ExitStatistics()) { $0 + $1.0 }
+        return RunReport(
+            outcome: stopSignal.reason ?? .stopped, statistics: statistics, registers: collected[0]?.1,
+            specialRegisters: collected[0]?.2, duration: duration)
+    }
+
+    /// One vCPU's KVM_RUN loop: enter, dispatch the exit, repeat until a stop is requested.
+    private func runLoop(_ vcpu: VCPU) -> ExitStatistics {
+        var handler = ExitHandler(ports: ports, mmio: mmio)
+        while !stopSignal.isRequested {
+            let exit: VCPUExit
+            do {
+                exit = try vcpu.run()
+            } catch {
+                requestStop(.vmmError(error.description))
+                break
+            }
+            if case .stop(let outcome) = handler.handle(exit) {
+                requestStop(outcome)
+                break
+            }
+        }
+        return handler.statistics
+    }
+}

@@ -1,0 +1,40 @@
+import Glibc
+import KVM
+
+/// An OS thread that runs one vCPU, created for it and named after it (`vcpu0`, …).
+///
+/// KVM_RUN blocks for as long as the guest runs, so it must never run on Swift's cooperative thread
+/// pool; each vCPU gets a thread of its own, the only thread that touches that vCPU apart from kicks.
+final class VCPUThread: @unchecked Sendable {
+    private(set) var handle: pthread_t = 0
+
+    private final class Start {
+        let name: String
+        let body: () -> Void
+        init(name: String, body: @escaping () -> Void) {
+            self.name = name
+            self.body = body
+        }
+    }
+
+    /// Starts a thread named `name` (at most 15 characters are kept) running `body`.
+    init(name: String, body: @escaping () -> Void) throws(VMMError) {
+        let start = Unmanaged.passRetained(Start(name: name, body: body)).toOpaque()
+        let result = pthread_create(&handle, nil, { argument in
+            guard let argument else { return nil }
+            let start = Unmanaged<Start>.fromOpaque(argument).takeRetainedValue()
+            Kick.nameCurrentThread(start.name)
+            start.body()
+            return nil
+        }, start)
+        if result != 0 {
+            Unmanaged<Start>.fromOpaque(start).release()
+            throw .system(call: "pthread_create", errno: result)
+        }
+    }
+
+    /// Waits for the thread to finish. Call exactly once.
+    func join() {
+        pthread_join(handle, nil)
+    }
+}
