@@ -127,14 +127,19 @@ public final class Machine: @unchecked Sendable {
         // A stop requested before a thread's handle was recorded missed its kick: kick again now.
         if stopSignal.isRequested { requestStop(.stopped) }
 
+        // A vCPU loop ends only once a stop was requested, so the first thread to finish means the
+        // run is over; until then wait for it, or for the deadline.
         var remaining = started.count
         if let timeLimit {
             let nanoseconds = max(0, timeLimit.components.seconds * 1_000_000_000 + timeLimit.components.attoseconds / 1_000_000_000)
             let deadline = DispatchTime.now() + .nanoseconds(Int(min(nanoseconds, Int64(Int.max))))
-            while remaining > 0, finished.wait(timeout: deadline) == .success { remaining -= 1 }
-            if remaining > 0 { requestStop(.timedOut) }
+            if finished.wait(timeout: deadline) == .success { remaining -= 1 } else { requestStop(.timedOut) }
+        } else {
+            finished.wait()
+            remaining -= 1
         }
-        // Kick until every thread is out: one kick suffices, but a kick is cheap and a hang is not.
+        // The others were kicked by that stop request; kick again until all are out. One kick
+        // suffices, but a kick is cheap and a hang is not.
         while remaining > 0 {
             if finished.wait(timeout: .now() + .milliseconds(50)) == .success {
                 remaining -= 1
