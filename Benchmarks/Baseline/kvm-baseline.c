@@ -1,20 +1,39 @@
 /*
  * kvm-baseline - minimal raw-KVM runner for real-mode flat binaries.
  *
- * The C baseline that SwiftKVM's `make bench` compares against: it does what
- * a minimal VMM must do to run a "unit guest" in real mode, and nothing more.
+ * The C baseline that SwiftKVM's `make bench` (swiftkvm-bench) compares
+ * against. It issues exactly the ioctls SwiftKVM's UnitGuest.run() issues for
+ * a real-mode guest (Sources/VMM/UnitGuest.swift, Machine.swift), in the same
+ * order, with plain C around them - so the difference between the two is the
+ * cost of the Swift VMM's own code, not of different KVM work.
+ *
+ * Once per process (outside every timed span), like SwiftKVM's HostKVM:
+ *   open /dev/kvm, KVM_GET_API_VERSION, KVM_GET_VCPU_MMAP_SIZE,
+ *   KVM_GET_SUPPORTED_CPUID (its result is kept and given to every vCPU).
+ * Per VM (one "iteration"):
+ *   mmap guest memory (default 2 MiB, anonymous, MAP_NORESERVE), copy FILE
+ *   to guest address 0, KVM_CREATE_VM, KVM_SET_IDENTITY_MAP_ADDR (0xFFFBC000),
+ *   KVM_SET_TSS_ADDR (0xFFFBD000), KVM_SET_USER_MEMORY_REGION (slot 0),
+ *   KVM_CREATE_VCPU, mmap its kvm_run, KVM_SET_CPUID2, KVM_GET_SREGS,
+ *   KVM_SET_SREGS (real mode), KVM_SET_REGS, KVM_RUN until the guest's exit,
+ *   KVM_GET_REGS + KVM_GET_SREGS (SwiftKVM reads the final registers),
+ *   munmap kvm_run, close the vCPU, close the VM, munmap guest memory.
+ * What SwiftKVM does beyond that and this program does not: it runs KVM_RUN
+ * on a new thread per vCPU (pthread_create/join; set BASELINE_VCPU_THREAD=1
+ * to do the same here) and builds its bus, devices and result objects.
  *
  * Usage:
  *   kvm-baseline roundtrip FILE.bin ITERATIONS [MEMORY_BYTES]
- *       ITERATIONS times: open /dev/kvm, create a VM, mmap guest memory
- *       (default 2 MiB), copy FILE to guest address 0, register memory
- *       slot 0, create vCPU 0, mmap its kvm_run, set real-mode registers,
- *       run to the guest's exit, tear everything down. Each iteration is
- *       timed (CLOCK_MONOTONIC); prints
- *         roundtrip median_ns=N min_ns=N iterations=N
- *   kvm-baseline exitrate FILE.bin [MEMORY_BYTES]
- *       One VM; counts the KVM_EXIT_IO exits from the first KVM_RUN to the
- *       guest's exit and times that span; prints
+ *       One untimed warm-up VM, then ITERATIONS VMs, each timed
+ *       (CLOCK_MONOTONIC) from before the guest-memory mmap to after the
+ *       last munmap; prints
+ *         roundtrip median_ns=N min_ns=N p90_ns=N iterations=N
+ *       With BASELINE_SAMPLES=1 it first prints every sample, in order:
+ *         sample ns=N
+ *   kvm-baseline exitrate FILE.bin [MEMORY_BYTES [RUNS]]
+ *       RUNS VMs (default 1), one after another; for each, counts the
+ *       KVM_EXIT_IO exits from the first KVM_RUN to the guest's exit and
+ *       times that span; prints one line per VM:
  *         exitrate exits=N ns=N per_second=N
  *
  * Guest contract (the subset of the SwiftKVM "unit guest" ABI that real-mode
@@ -29,6 +48,12 @@
  *   BASELINE_CONSOLE=1     echo COM1 output to stdout
  *   BASELINE_TRACE=1       print every port-I/O exit to stderr (debugging;
  *                          distorts the timings)
+ *   BASELINE_SAMPLES=1     roundtrip: print every iteration's time
+ *   BASELINE_VCPU_THREAD=1 run each VM's KVM_RUN loop on a new thread (as
+ *                          SwiftKVM does) instead of the main thread
+ *   BASELINE_EXPECT_STATUS=N  every run must end with exit status N (an OUT
+ *                          of N to 0xF4); anything else, HLT included, is
+ *                          an error (exit 1)
  *   BASELINE_TIMEOUT=SEC   per-run deadline in seconds (default 60); a guest
  *                          still running then is kicked out and reported as
  *                          an error (KVM-PVM can hang on some instructions)
@@ -41,6 +66,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -59,10 +85,23 @@
 #define PORT_COM1_LSR    0x3FD
 #define LSR_IDLE         0x60
 
+/* Where SwiftKVM's Machine puts the pages Intel's real-mode support needs
+ * (Machine.tssAddress / Machine.identityMapAddress). */
+#define TSS_ADDRESS          0xFFFBD000ul
+#define IDENTITY_MAP_ADDRESS 0xFFFBC000ull
+
 static const char *prog = "kvm-baseline";
 static int console_enabled;
 static int trace_enabled;
+static int samples_enabled;
+static int vcpu_thread_enabled;
 static unsigned timeout_seconds = 60;
+static int expected_status = -2;    /* -2: any outcome is accepted */
+
+/* Opened and asked once per process, as SwiftKVM's HostKVM does. */
+static int kvm_fd = -1;
+static size_t run_size;
+static struct kvm_cpuid2 *supported_cpuid;
 
 /* The kvm_run of the vCPU currently running; the SIGALRM handler sets
  * immediate_exit on it so a KVM_RUN entered after the signal returns too. */
@@ -119,6 +158,12 @@ static void on_alarm(int sig)
         run->immediate_exit = 1;
 }
 
+static int env_flag(const char *name)
+{
+    const char *env = getenv(name);
+    return env && *env && strcmp(env, "0") != 0;
+}
+
 struct image {
     uint8_t *data;
     size_t size;
@@ -156,28 +201,59 @@ static struct image load_image(const char *path, size_t memory)
     return img;
 }
 
+/* Once per process: /dev/kvm, its API version, the kvm_run size and the
+ * supported CPUID (grown on E2BIG from 128 entries, as KVMSystem does). */
+static void open_kvm(void)
+{
+    kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kvm_fd < 0)
+        die("/dev/kvm");
+    int api = XIOCTL(kvm_fd, KVM_GET_API_VERSION, 0);
+    if (api != KVM_API_VERSION)
+        fail("KVM_GET_API_VERSION: version %d, expected %d", api,
+             KVM_API_VERSION);
+    run_size = (size_t)XIOCTL(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+
+    for (unsigned capacity = 128;; capacity *= 2) {
+        struct kvm_cpuid2 *cpuid = calloc(1, sizeof *cpuid
+                                          + capacity * sizeof cpuid->entries[0]);
+        if (!cpuid)
+            die("calloc");
+        cpuid->nent = capacity;
+        if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid) == 0) {
+            supported_cpuid = cpuid;
+            return;
+        }
+        free(cpuid);
+        if (errno != E2BIG || capacity >= 4096)
+            die("KVM_GET_SUPPORTED_CPUID");
+    }
+}
+
 struct vm {
-    int kvm, vm, vcpu;
+    int vm, vcpu;
     uint8_t *mem;
     size_t mem_size;
     struct kvm_run *run;
-    size_t run_size;
 };
 
-static int open_kvm(void)
+static void set_segment(struct kvm_segment *s, uint8_t type)
 {
-    int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    if (fd < 0)
-        die("/dev/kvm");
-    return fd;
+    /* SwiftKVM's Segment(base: 0, limit: 0xFFFF, selector: 0, type:):
+     * present, DPL 0, 16-bit, code/data, byte granularity. */
+    memset(s, 0, sizeof *s);
+    s->base = 0;
+    s->limit = 0xFFFF;
+    s->selector = 0;
+    s->type = type;
+    s->present = 1;
+    s->s = 1;
 }
 
-static void vm_create(struct vm *v, const struct image *img, size_t mem_size,
-                      size_t run_size)
+static void vm_create(struct vm *v, const struct image *img, size_t mem_size)
 {
-    v->kvm = open_kvm();
-    v->vm = XIOCTL(v->kvm, KVM_CREATE_VM, 0);
-
+    /* GuestMemory(size:), then the program written at 0 - before the VM,
+     * as UnitGuest.run() does. */
     v->mem_size = mem_size;
     v->mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE,
                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -185,6 +261,11 @@ static void vm_create(struct vm *v, const struct image *img, size_t mem_size,
         die("mmap guest memory");
     memcpy(v->mem, img->data, img->size);
 
+    /* Machine.init */
+    v->vm = XIOCTL(kvm_fd, KVM_CREATE_VM, 0);
+    uint64_t identity_map = IDENTITY_MAP_ADDRESS;
+    XIOCTL(v->vm, KVM_SET_IDENTITY_MAP_ADDR, &identity_map);
+    XIOCTL(v->vm, KVM_SET_TSS_ADDR, TSS_ADDRESS);
     struct kvm_userspace_memory_region region = {
         .slot = 0,
         .flags = 0,
@@ -194,45 +275,46 @@ static void vm_create(struct vm *v, const struct image *img, size_t mem_size,
     };
     XIOCTL(v->vm, KVM_SET_USER_MEMORY_REGION, &region);
 
+    /* Machine.addVCPU */
     v->vcpu = XIOCTL(v->vm, KVM_CREATE_VCPU, 0);
-    v->run_size = run_size;
     v->run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED,
                   v->vcpu, 0);
     if (v->run == MAP_FAILED)
         die("mmap kvm_run");
+    XIOCTL(v->vcpu, KVM_SET_CPUID2, supported_cpuid);
 
-    /* Real mode: every segment base 0, selector 0 (limits/attributes keep
-     * their reset values: 64 KiB, present, 16-bit). */
+    /* UnitGuestLayout.cpuState(entry: 0) for real mode: get, edit, set. */
     struct kvm_sregs sregs;
     XIOCTL(v->vcpu, KVM_GET_SREGS, &sregs);
-    struct kvm_segment *segs[] = { &sregs.cs, &sregs.ds, &sregs.es,
-                                   &sregs.fs, &sregs.gs, &sregs.ss };
-    for (size_t i = 0; i < sizeof segs / sizeof segs[0]; i++) {
-        segs[i]->base = 0;
-        segs[i]->selector = 0;
-    }
+    set_segment(&sregs.cs, 0xB);
+    set_segment(&sregs.ds, 0x3);
+    set_segment(&sregs.es, 0x3);
+    set_segment(&sregs.fs, 0x3);
+    set_segment(&sregs.gs, 0x3);
+    set_segment(&sregs.ss, 0x3);
+    sregs.cr0 &= ~0x80000001ull;    /* PE and PG off */
     XIOCTL(v->vcpu, KVM_SET_SREGS, &sregs);
 
     struct kvm_regs regs;
     memset(&regs, 0, sizeof regs);
     regs.rip = 0;
     regs.rflags = 2;
-    regs.rsp = 0xFFF0;
+    regs.rsp = (mem_size < 0x10000 ? mem_size : 0x10000) - 0x10;
     XIOCTL(v->vcpu, KVM_SET_REGS, &regs);
 }
 
+/* In SwiftKVM's order: the VCPU (run area, then fd), the VM, then guest
+ * memory when the GuestRun that holds it goes away. */
 static void vm_destroy(struct vm *v)
 {
-    if (munmap(v->run, v->run_size) != 0)
+    if (munmap(v->run, run_size) != 0)
         die("munmap kvm_run");
     if (close(v->vcpu) != 0)
         die("close vcpu");
-    if (munmap(v->mem, v->mem_size) != 0)
-        die("munmap guest memory");
     if (close(v->vm) != 0)
         die("close vm");
-    if (close(v->kvm) != 0)
-        die("close /dev/kvm");
+    if (munmap(v->mem, v->mem_size) != 0)
+        die("munmap guest memory");
 }
 
 struct outcome {
@@ -273,17 +355,14 @@ static void handle_io(struct kvm_run *run, struct outcome *out, int *done)
     }
 }
 
-static struct outcome vm_run(struct vm *v)
+/* The KVM_RUN loop, then the final KVM_GET_REGS / KVM_GET_SREGS that
+ * SwiftKVM's vCPU thread does before it ends. */
+static void run_loop(struct vm *v, struct outcome *out)
 {
-    struct outcome out = { .status = -1 };
     struct kvm_run *run = v->run;
     int done = 0;
 
-    deadline_hit = 0;
-    current_run = run;
-    alarm(timeout_seconds);
-
-    out.first_run_ns = now_ns();
+    out->first_run_ns = now_ns();
     while (!done) {
         if (ioctl(v->vcpu, KVM_RUN, 0) < 0) {
             if (errno == EINTR && deadline_hit)
@@ -295,8 +374,8 @@ static struct outcome vm_run(struct vm *v)
         }
         switch (run->exit_reason) {
         case KVM_EXIT_IO:
-            out.io_exits++;
-            handle_io(run, &out, &done);
+            out->io_exits++;
+            handle_io(run, out, &done);
             break;
         case KVM_EXIT_HLT:
             done = 1;
@@ -314,12 +393,68 @@ static struct outcome vm_run(struct vm *v)
             fail("KVM_RUN: unexpected exit reason %u", run->exit_reason);
         }
     }
-    out.end_ns = now_ns();
+    out->end_ns = now_ns();
+
+    struct kvm_regs regs;
+    struct kvm_sregs sregs;
+    XIOCTL(v->vcpu, KVM_GET_REGS, &regs);
+    XIOCTL(v->vcpu, KVM_GET_SREGS, &sregs);
+}
+
+struct thread_start {
+    struct vm *v;
+    struct outcome *out;
+};
+
+static void *vcpu_thread(void *argument)
+{
+    struct thread_start *start = argument;
+    sigset_t alarm_set;
+    sigemptyset(&alarm_set);
+    sigaddset(&alarm_set, SIGALRM);
+    pthread_sigmask(SIG_UNBLOCK, &alarm_set, NULL);
+    run_loop(start->v, start->out);
+    return NULL;
+}
+
+static struct outcome vm_run(struct vm *v)
+{
+    struct outcome out = { .status = -1 };
+
+    deadline_hit = 0;
+    current_run = v->run;
+    alarm(timeout_seconds);
+
+    if (vcpu_thread_enabled) {
+        /* SIGALRM must land on the vCPU thread to interrupt its KVM_RUN:
+         * the main thread blocks it while it waits. */
+        sigset_t alarm_set, previous;
+        sigemptyset(&alarm_set);
+        sigaddset(&alarm_set, SIGALRM);
+        pthread_sigmask(SIG_BLOCK, &alarm_set, &previous);
+        struct thread_start start = { v, &out };
+        pthread_t thread;
+        int r = pthread_create(&thread, NULL, vcpu_thread, &start);
+        if (r != 0) {
+            errno = r;
+            die("pthread_create");
+        }
+        pthread_join(thread, NULL);
+        pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    } else {
+        run_loop(v, &out);
+    }
 
     alarm(0);
     current_run = NULL;
     if (console_enabled)
         fflush(stdout);
+    if (expected_status != -2 && out.status != expected_status) {
+        if (out.status < 0)
+            fail("the guest halted; expected exit status %d", expected_status);
+        fail("the guest exited with status %d; expected %d", out.status,
+             expected_status);
+    }
     return out;
 }
 
@@ -352,25 +487,16 @@ static int cmp_u64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static size_t vcpu_mmap_size(void)
-{
-    int kvm = open_kvm();
-    int api = XIOCTL(kvm, KVM_GET_API_VERSION, 0);
-    if (api != KVM_API_VERSION)
-        fail("KVM_GET_API_VERSION: version %d, expected %d", api,
-             KVM_API_VERSION);
-    size_t size = (size_t)XIOCTL(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
-    close(kvm);
-    return size;
-}
-
 static void usage(void)
 {
     fprintf(stderr,
             "usage: %s roundtrip FILE.bin ITERATIONS [MEMORY_BYTES]\n"
-            "       %s exitrate FILE.bin [MEMORY_BYTES]\n"
+            "       %s exitrate FILE.bin [MEMORY_BYTES [RUNS]]\n"
             "env:   BASELINE_CONSOLE=1 (echo COM1 to stdout), BASELINE_TRACE=1 "
-            "(log I/O exits),\n       BASELINE_TIMEOUT=SECONDS (default 60)\n",
+            "(log I/O exits),\n       BASELINE_SAMPLES=1 (print each "
+            "roundtrip sample), BASELINE_VCPU_THREAD=1 (KVM_RUN on a\n"
+            "       thread per VM), BASELINE_EXPECT_STATUS=N (fail on any other "
+            "outcome),\n       BASELINE_TIMEOUT=SECONDS (default 60)\n",
             prog, prog);
     exit(2);
 }
@@ -380,13 +506,23 @@ int main(int argc, char **argv)
     if (argc < 3)
         usage();
 
-    const char *env = getenv("BASELINE_CONSOLE");
-    console_enabled = env && *env && strcmp(env, "0") != 0;
-    env = getenv("BASELINE_TRACE");
-    trace_enabled = env && *env && strcmp(env, "0") != 0;
-    env = getenv("BASELINE_TIMEOUT");
+    console_enabled = env_flag("BASELINE_CONSOLE");
+    trace_enabled = env_flag("BASELINE_TRACE");
+    samples_enabled = env_flag("BASELINE_SAMPLES");
+    vcpu_thread_enabled = env_flag("BASELINE_VCPU_THREAD");
+    const char *env = getenv("BASELINE_TIMEOUT");
     if (env && *env)
         timeout_seconds = (unsigned)parse_number(env, "BASELINE_TIMEOUT");
+    env = getenv("BASELINE_EXPECT_STATUS");
+    if (env && *env) {
+        char *end;
+        long v = strtol(env, &end, 0);
+        if (*end || v < 0 || v > 255) {
+            fprintf(stderr, "%s: bad BASELINE_EXPECT_STATUS: %s\n", prog, env);
+            exit(2);
+        }
+        expected_status = (int)v;
+    }
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -406,44 +542,58 @@ int main(int argc, char **argv)
         size_t memory = argc > 4 ? parse_memory(argv[4])
                                  : DEFAULT_MEMORY;
         struct image img = load_image(file, memory);
-        size_t run_size = vcpu_mmap_size();
+        open_kvm();
         uint64_t *samples = calloc(iterations, sizeof *samples);
         if (!samples)
             die("calloc");
 
-        for (unsigned long long i = 0; i < iterations; i++) {
+        for (unsigned long long i = 0; i <= iterations; i++) {
             struct vm v;
             uint64_t t0 = now_ns();
-            vm_create(&v, &img, memory, run_size);
+            vm_create(&v, &img, memory);
             vm_run(&v);
             vm_destroy(&v);
-            samples[i] = now_ns() - t0;
+            uint64_t elapsed = now_ns() - t0;
+            if (i > 0)      /* iteration 0 is the untimed warm-up */
+                samples[i - 1] = elapsed;
         }
+        if (samples_enabled)
+            for (unsigned long long i = 0; i < iterations; i++)
+                printf("sample ns=%llu\n", (unsigned long long)samples[i]);
         qsort(samples, iterations, sizeof *samples, cmp_u64);
         uint64_t median = iterations % 2
             ? samples[iterations / 2]
             : (samples[iterations / 2 - 1] + samples[iterations / 2]) / 2;
-        printf("roundtrip median_ns=%llu min_ns=%llu iterations=%llu\n",
+        /* p90: nearest rank, ceil(0.9 * n). */
+        unsigned long long rank = (iterations * 9 + 9) / 10;
+        printf("roundtrip median_ns=%llu min_ns=%llu p90_ns=%llu "
+               "iterations=%llu\n",
                (unsigned long long)median, (unsigned long long)samples[0],
-               iterations);
+               (unsigned long long)samples[rank - 1], iterations);
         free(samples);
         free(img.data);
     } else if (strcmp(mode, "exitrate") == 0) {
-        if (argc > 4)
+        if (argc > 5)
             usage();
         size_t memory = argc > 3 ? parse_memory(argv[3])
                                  : DEFAULT_MEMORY;
+        unsigned long long runs = argc > 4 ? parse_number(argv[4], "RUNS")
+                                           : 1;
         struct image img = load_image(file, memory);
-        size_t run_size = vcpu_mmap_size();
-        struct vm v;
-        vm_create(&v, &img, memory, run_size);
-        struct outcome out = vm_run(&v);
-        vm_destroy(&v);
-        uint64_t ns = out.end_ns - out.first_run_ns;
-        uint64_t per_second = ns ? (uint64_t)((double)out.io_exits * 1e9 / (double)ns) : 0;
-        printf("exitrate exits=%llu ns=%llu per_second=%llu\n",
-               (unsigned long long)out.io_exits, (unsigned long long)ns,
-               (unsigned long long)per_second);
+        open_kvm();
+        for (unsigned long long i = 0; i < runs; i++) {
+            struct vm v;
+            vm_create(&v, &img, memory);
+            struct outcome out = vm_run(&v);
+            vm_destroy(&v);
+            uint64_t ns = out.end_ns - out.first_run_ns;
+            uint64_t per_second = ns ? (uint64_t)((double)out.io_exits * 1e9
+                                                  / (double)ns)
+                                     : 0;
+            printf("exitrate exits=%llu ns=%llu per_second=%llu\n",
+                   (unsigned long long)out.io_exits, (unsigned long long)ns,
+                   (unsigned long long)per_second);
+        }
         free(img.data);
     } else {
         usage();

@@ -1,6 +1,7 @@
 // Non-variadic wrappers over ioctl(2) and sigaction(2) for Swift; see CKVM.h. No logic here.
 #include "CKVM.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -17,6 +18,13 @@ int ckvm_ioctl_value(int fd, unsigned long request, unsigned long argument) {
 }
 
 int ckvm_kick_signal(void) { return SIGRTMIN + 1; }
+
+int ckvm_unblock_signal(int signal) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, signal);
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
 
 static void ckvm_ignore_kick(int signal) { (void)signal; }
 

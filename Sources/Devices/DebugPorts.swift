@@ -43,7 +43,7 @@ public final class ReportPort: BusDevice, @unchecked Sendable {
     }
 
     public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
-        guard offset == 0 else { return }
+        guard offset == 0, !data.isEmpty else { return }
         var value: UInt32 = 0
         for (position, byte) in data.prefix(4).enumerated() { value |= UInt32(byte) << (8 * UInt32(position)) }
         reported.withLock { values in

@@ -18,14 +18,23 @@ public enum Kick {
         if installation != 0 { throw KVMError(call: "sigaction(SIGRTMIN+1)", errno: errno) }
     }
 
+    /// Lets the kick signal reach the calling thread. Every vCPU thread calls this first: a thread
+    /// inherits its creator's signal mask, and pool threads (Swift concurrency, Dispatch) block it.
+    public static func unblockOnCurrentThread() throws(KVMError) {
+        let result = ckvm_unblock_signal(signal)
+        if result != 0 { throw KVMError(call: "pthread_sigmask(SIG_UNBLOCK)", errno: result) }
+    }
+
     /// Names the calling thread (at most 15 bytes are kept), so `top -H` and debuggers show `vcpu0`.
     public static func nameCurrentThread(_ name: String) {
         _ = ckvm_name_current_thread(name)
     }
 
-    /// Interrupts `vcpu`, which runs on `thread`.
-    public static func kick(_ vcpu: VCPU, on thread: pthread_t) {
+    /// Interrupts `vcpu`, which runs on `thread`. Returns 0, or the errno `pthread_kill` gave
+    /// (EAGAIN when the user's queue of real-time signals is full); `immediateExit` is set either way.
+    @discardableResult
+    public static func kick(_ vcpu: VCPU, on thread: pthread_t) -> Int32 {
         vcpu.immediateExit = true
-        pthread_kill(thread, signal)
+        return pthread_kill(thread, signal)
     }
 }

@@ -91,13 +91,13 @@ public enum VCPUExit: Sendable {
             let io = area.pointee.io
             let width = Int(io.size)
             let count = Int(io.count)
-            let offset = Int(io.data_offset)
             let (length, overflow) = width.multipliedReportingOverflow(by: count)
-            guard [1, 2, 4].contains(width), count >= 1, !overflow, offset >= 0, offset <= size, length <= size - offset
+            guard [1, 2, 4].contains(width), count >= 1, !overflow, io.data_offset <= UInt64(size),
+                let offset = Int(exactly: io.data_offset), length <= size - offset
             else {
                 throw KVMError(
                     call: "decode KVM_EXIT_IO", errno: 0,
-                    hint: "size \(width) × count \(count) at offset \(offset) does not fit the \(size)-byte run area")
+                    hint: "size \(width) × count \(count) at offset \(io.data_offset) does not fit the \(size)-byte run area")
             }
             return .portIO(
                 PortIOExit(
@@ -108,7 +108,7 @@ public enum VCPUExit: Sendable {
             guard (1...8).contains(length) else {
                 throw KVMError(call: "decode KVM_EXIT_MMIO", errno: 0, hint: "access length \(length) is not 1 to 8 bytes")
             }
-            let dataOffset = MemoryLayout<kvm_run>.offset(of: \kvm_run.mmio.data) ?? 0
+            let dataOffset = Int(CKVM_RUN_MMIO_DATA_OFFSET)
             return .mmio(
                 MMIOExit(
                     direction: area.pointee.mmio.is_write != 0 ? .write : .read, address: area.pointee.mmio.phys_addr,

@@ -94,10 +94,11 @@ public struct ExitHandler {
 
     @inline(__always)
     mutating func handlePortIO(_ io: PortIOExit) {
-        let target = ports.device(at: UInt64(io.port))
         let length = io.size
         if io.direction == .read { statistics.portReads += 1 } else { statistics.portWrites += 1 }
-        guard let target else {
+        // `decode` guarantees the buffer holds count × size bytes; an exit built by hand might not.
+        guard length > 0, io.count > 0, io.data.count >= io.count * length, let target = ports.device(at: UInt64(io.port))
+        else {
             statistics.unclaimedPortAccesses += 1
             if io.direction == .read { io.data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
             return

@@ -36,6 +36,9 @@ public final class Machine: @unchecked Sendable {
     public static let tssAddress: UInt64 = 0xFFFB_D000
     public static let identityMapAddress: UInt64 = 0xFFFB_C000
 
+    /// How long the machine keeps kicking a vCPU that will not stop before giving up on it.
+    public static let kickPatience: Duration = .seconds(10)
+
     public let system: KVMSystem
     public let vm: VirtualMachine
     public let memory: GuestMemory
@@ -90,7 +93,9 @@ public final class Machine: @unchecked Sendable {
     public func requestStop(_ outcome: GuestOutcome) {
         stopSignal.request(outcome)
         let running = threads.withLock { $0 }
-        for (index, thread) in running.enumerated() where index < vcpus.count {
+        let current = pthread_self()
+        // A vCPU thread asking for the stop sees it itself after this exit: kick only the others.
+        for (index, thread) in running.enumerated() where index < vcpus.count && pthread_equal(thread, current) == 0 {
             Kick.kick(vcpus[index], on: thread)
         }
     }
@@ -140,18 +145,32 @@ public final class Machine: @unchecked Sendable {
         }
         // The others were kicked by that stop request; kick again until all are out. One kick
         // suffices, but a kick is cheap and a hang is not.
-        while remaining > 0 {
+        let givingUp = clock.now + Self.kickPatience
+        while remaining > 0, clock.now < givingUp {
             if finished.wait(timeout: .now() + .milliseconds(50)) == .success {
                 remaining -= 1
             } else {
                 requestStop(.stopped)
             }
         }
+        let collected = results.withLock { $0 }
+        if remaining > 0 {
+            // A vCPU that ignores kicks must not hang the caller: leave its thread behind (it keeps
+            // the machine alive, so nothing it touches is freed) and say so.
+            for (index, thread) in started.enumerated() {
+                if collected[index] == nil { thread.detach() } else { thread.join() }
+            }
+            stopSignal.request(.vmmError("a vCPU did not leave KVM_RUN within \(Self.kickPatience) of being kicked"))
+            let stuck = (0..<started.count).filter { collected[$0] == nil }.map { "vcpu\($0)" }
+            return RunReport(
+                outcome: .vmmError("\(stuck.joined(separator: ", ")) did not leave KVM_RUN within \(Self.kickPatience) of being kicked"),
+                statistics: collected.values.reduce(ExitStatistics()) { $0 + $1.0 }, registers: collected[0]?.1,
+                specialRegisters: collected[0]?.2, duration: clock.now - start)
+        }
         for thread in started { thread.join() }
         let duration = clock.now - start
         threads.withLock { $0.removeAll() }
 
-        let collected = results.withLock { $0 }
         let statistics = collected.values.reduce(ExitStatistics()) { $0 + $1.0 }
         return RunReport(
             outcome: stopSignal.reason ?? .stopped, statistics: statistics, registers: collected[0]?.1,
@@ -161,6 +180,12 @@ public final class Machine: @unchecked Sendable {
     /// One vCPU's KVM_RUN loop: enter, dispatch the exit, repeat until a stop is requested.
     private func runLoop(_ vcpu: VCPU) -> ExitStatistics {
         var handler = ExitHandler(ports: ports, mmio: mmio)
+        do {
+            try Kick.unblockOnCurrentThread()
+        } catch {
+            requestStop(.vmmError(error.description))
+            return handler.statistics
+        }
         while !stopSignal.isRequested {
             let exit: VCPUExit
             do {

@@ -37,4 +37,9 @@ final class VCPUThread: @unchecked Sendable {
     func join() {
         pthread_join(handle, nil)
     }
+
+    /// Lets the thread run on unjoined; its resources go when it ends. Instead of `join`.
+    func detach() {
+        pthread_detach(handle)
+    }
 }

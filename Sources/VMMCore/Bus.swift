@@ -15,6 +15,8 @@ public protocol BusDevice: AnyObject {
 public enum BusError: Error, Equatable, CustomStringConvertible, Sendable {
     case overlap(newStart: UInt64, newEnd: UInt64, existingStart: UInt64, existingEnd: UInt64)
     case emptyRange(start: UInt64)
+    /// The range would pass the top of the address space.
+    case rangeOverflow(start: UInt64, length: UInt64)
 
     public var description: String {
         switch self {
@@ -22,6 +24,8 @@ public enum BusError: Error, Equatable, CustomStringConvertible, Sendable {
             "bus range 0x\(String(newStart, radix: 16))-0x\(String(newEnd - 1, radix: 16)) overlaps 0x\(String(existingStart, radix: 16))-0x\(String(existingEnd - 1, radix: 16))"
         case .emptyRange(let start):
             "bus range at 0x\(String(start, radix: 16)) is empty"
+        case .rangeOverflow(let start, let length):
+            "bus range of 0x\(String(length, radix: 16)) addresses at 0x\(String(start, radix: 16)) passes the end of the address space"
         }
     }
 }
@@ -48,7 +52,7 @@ public struct Bus {
     public mutating func insert(_ device: any BusDevice, at start: UInt64, length: UInt64) throws(BusError) {
         guard length > 0 else { throw .emptyRange(start: start) }
         let (end, overflow) = start.addingReportingOverflow(length)
-        guard !overflow else { throw .overlap(newStart: start, newEnd: .max, existingStart: start, existingEnd: .max) }
+        guard !overflow else { throw .rangeOverflow(start: start, length: length) }
         let index = firstIndex(endingAfter: start)
         if index < entries.count, entries[index].start < end {
             let existing = entries[index]

@@ -125,6 +125,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// Copies `bytes` into guest memory at `address`.
     public func write(_ bytes: [UInt8], at address: GuestAddress) throws(GuestMemoryError) {
         let length = bytes.count
+        guard length > 0 else { return }
         let target = try hostPointer(for: address, length: length)
         bytes.withUnsafeBytes { raw in
             if let base = raw.baseAddress { target.copyMemory(from: base, byteCount: length) }

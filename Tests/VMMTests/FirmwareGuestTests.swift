@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 import VMM
 import VMMCore
@@ -16,8 +17,8 @@ struct FirmwareGuestTests {
         let run = try Firmware.guest(name, mode: mode).run()
         #expect(run.outcome == .exited(status: 0))
         #expect(run.consoleText == greeting)
-        // Each character costs an LSR poll (a read) and a write; the exit is one more write.
-        #expect(run.statistics.portWrites == greeting.utf8.count + 1)
+        // Each character costs an LSR poll (a read) and a write; each report and the exit one more write.
+        #expect(run.statistics.portWrites == greeting.utf8.count + run.reports.count + 1)
         #expect(run.statistics.portReads >= greeting.utf8.count)
         if mode == .user { #expect(run.reports == [3], "the guest runs at CPL 3") }
     }
@@ -87,6 +88,18 @@ struct FirmwareGuestTests {
         #expect(run.consoleText == "spinning\n")
         #expect(elapsed >= .milliseconds(500))
         #expect(elapsed < .seconds(10), "the kick must end KVM_RUN promptly, took \(elapsed)")
+    }
+
+    /// A vCPU thread inherits its creator's signal mask; pool threads block most signals. The kick
+    /// must still get through when the caller blocks everything.
+    @Test func timeLimitWorksWhenTheCallerBlocksAllSignals() throws {
+        var all = sigset_t()
+        var previous = sigset_t()
+        sigfillset(&all)
+        #expect(pthread_sigmask(SIG_BLOCK, &all, &previous) == 0)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
+        let run = try Firmware.guest("spin-user", mode: .user, timeLimit: .milliseconds(300)).run()
+        #expect(run.outcome == .timedOut)
     }
 
     @Test func userModeComputeRunsAFreestandingCProgram() throws {

@@ -8,6 +8,7 @@
 #define CKVM_H
 
 #include <linux/kvm.h>
+#include <stddef.h>
 #include <stdint.h>
 
 // MARK: - ioctl request numbers (Documentation/virt/kvm/api.rst)
@@ -43,6 +44,13 @@ static const unsigned long CKVM_SET_FPU = KVM_SET_FPU;
 static const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
 static const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
 
+// MARK: - kvm_run layout
+// Swift imports the fields of kvm_run's anonymous union as computed properties, so
+// MemoryLayout.offset(of:) cannot see them: the offsets Swift needs come from here.
+
+/// Where an MMIO exit's data bytes lie in the run area.
+static const unsigned long CKVM_RUN_MMIO_DATA_OFFSET = offsetof(struct kvm_run, mmio.data);
+
 // MARK: - Non-variadic ioctl shims
 // Each returns what ioctl(2) returns; errno is left for the caller to read.
 
@@ -58,6 +66,11 @@ int ckvm_kick_signal(void);
 /// Installs an empty handler for `signal` without SA_RESTART, so that a KVM_RUN interrupted by it
 /// returns EINTR instead of being restarted. Returns 0, or -1 with errno set (sigaction(2)).
 int ckvm_install_kick_handler(int signal);
+
+/// Unblocks `signal` for the calling thread (pthread_sigmask(2)). A thread inherits its creator's
+/// mask, and threads of Swift's and Dispatch's pools block most signals: a vCPU thread started from
+/// one of them would never see its kick. Returns 0 or an errno value.
+int ckvm_unblock_signal(int signal);
 
 /// Names the calling thread (prctl(PR_SET_NAME); at most 15 bytes are kept). Returns prctl's result.
 int ckvm_name_current_thread(const char *name);

@@ -1,0 +1,184 @@
+import Foundation
+import Testing
+
+/// The `swiftkvm` binary as a user meets it: bad input gets one line on stderr and exit status 2,
+/// never a crash or a stack dump; good input runs the guest.
+@Suite struct CommandLineTests {
+    @Test func missingFirmwareIsOneLineAndStatusTwo() throws {
+        let result = try SwiftKVMProcess.run(["run", "--firmware", "/nonexistent/guest.bin"])
+        #expect(result.status == 2)
+        #expect(result.stderrLines == ["swiftkvm: /nonexistent/guest.bin: No such file or directory"])
+        #expect(result.stdout.isEmpty)
+    }
+
+    @Test(arguments: [
+        (["--memory", "0"], "--memory '0' is not a size"),
+        (["--memory", "lots"], "--memory 'lots' is not a size"),
+        (["--memory", "100T"], "is more than this host's"),
+        (["--memory", "99999999999999999999"], "is not a size"),
+        (["--mode", "virtual86"], "--mode must be real, protected, long or user"),
+        (["--load", "somewhere"], "--load 'somewhere' is not an address"),
+        (["--load", "0x1F0000"], "does not fit below"),
+        (["--entry", "0x300000"], "the entry point 0x300000 lies outside"),
+        (["--memory", "64K"], "does not work for long mode"),
+        (["--memory", "1000"], "does not work for long mode"),
+        (["--time-limit", "0"], "--time-limit must be a positive number"),
+        (["--time-limit=-1"], "--time-limit must be a positive number"),
+        (["--frobnicate"], "see 'swiftkvm run --help'"),
+    ])
+    func badOptionsAreOneLineAndStatusTwo(options: [String], message: String) throws {
+        let result = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("hello-long")] + options)
+        #expect(result.status == 2, "\(options): \(result.stderr)")
+        #expect(result.stderrLines.count == 1, "\(result.stderr)")
+        #expect(result.stderr.hasPrefix("swiftkvm: "))
+        #expect(result.stderr.contains(message), "\(result.stderr)")
+    }
+
+    @Test func directoryAndEmptyFileAreRefused() throws {
+        let directory = try SwiftKVMProcess.run(["run", "--firmware", "/tmp"])
+        #expect(directory.status == 2)
+        #expect(directory.stderr == "swiftkvm: /tmp: not a regular file\n")
+
+        let empty = FileManager.default.temporaryDirectory.appendingPathComponent("swiftkvm-empty-\(getpid()).bin")
+        #expect(FileManager.default.createFile(atPath: empty.path, contents: Data()))
+        defer { try? FileManager.default.removeItem(at: empty) }
+        let result = try SwiftKVMProcess.run(["run", "--firmware", empty.path])
+        #expect(result.status == 2)
+        #expect(result.stderr.contains("the file is empty"))
+    }
+
+    @Test func helpDescribesTheOptions() throws {
+        let result = try SwiftKVMProcess.run(["run", "--help"])
+        #expect(result.status == 0)
+        for option in ["--firmware", "--mode", "--memory", "--load", "--entry", "--time-limit"] {
+            #expect(result.stdout.contains(option), "help lacks \(option)")
+        }
+    }
+
+    @Test(.enabled(if: KVM.shouldRun, KVM.skipReason))
+    func runsFirmwareAndPassesItsOutputAndStatus() throws {
+        let hello = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("hello-real"), "--mode", "real"])
+        #expect(hello.status == 0)
+        #expect(hello.stdout == "Hello from real mode!\n")
+        #expect(hello.stderr.isEmpty)
+
+        let exit = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("exit-code"), "--mode", "real"])
+        #expect(exit.status == 42)
+
+        let fault = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("triple-fault"), "--mode", "protected"])
+        #expect(fault.status == 0)
+        #expect(fault.stderr == "swiftkvm: the guest shut down (triple fault or reset)\n")
+
+        let exception = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("fault-user"), "--mode", "user"])
+        #expect(exception.status == 1)
+        #expect(exception.stderr.contains("exception 13 (#GP general protection)"))
+    }
+
+    @Test(.enabled(if: KVM.shouldRun, KVM.skipReason))
+    func timeLimitAndSignalsStopTheGuestCleanly() throws {
+        let timed = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("spin"), "--time-limit", "0.5"])
+        #expect(timed.status == 124)
+        #expect(timed.stdout == "spinning\n")
+        #expect(timed.stderr == "swiftkvm: the guest ran past its time limit\n")
+
+        for (signal, status) in [(SIGINT, Int32(130)), (SIGTERM, 143)] {
+            let stopped = try SwiftKVMProcess.run(
+                ["run", "--firmware", Paths.firmware("spin-user"), "--mode", "user"], signal: signal, after: 1.0)
+            #expect(stopped.status == status)
+            #expect(stopped.stderr == "swiftkvm: stopped by signal \(signal)\n")
+        }
+    }
+
+    @Test(.enabled(if: getuid() == 0, "needs root to drop privileges or hide /dev/kvm"))
+    func unusableKVMDeviceSaysHowToFixIt() throws {
+        // As an unprivileged user, /dev/kvm (mode 0600 root here, 0660 kvm on Debian) refuses.
+        let denied = try SwiftKVMProcess.run(
+            ["run", "--firmware", Paths.firmware("hello-long")],
+            launcher: ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        if KVM.deviceIsWorldAccessible {
+            #expect(denied.status == 0)
+        } else {
+            #expect(denied.status == 1)
+            #expect(denied.stderrLines.count == 1)
+            #expect(denied.stderr.contains("Permission denied"))
+            #expect(denied.stderr.contains("kvm group"))
+        }
+
+        // With /dev hidden in a private mount namespace, /dev/kvm is absent.
+        let absent = try SwiftKVMProcess.run(
+            ["-c", "mount -t tmpfs none /dev && exec \"$0\" \"$@\"", SwiftKVMProcess.executable, "run", "--firmware", Paths.firmware("hello-long")],
+            launcher: ["/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh"], direct: true)
+        #expect(absent.status == 1, "\(absent.stderr)")
+        #expect(absent.stderrLines.count == 1)
+        #expect(absent.stderr.contains("/dev/kvm is not there: load the KVM module"))
+    }
+}
+
+enum KVM {
+    static var isCI: Bool { ProcessInfo.processInfo.environment["CI"].map { !$0.isEmpty && $0 != "0" && $0 != "false" } ?? false }
+    /// Skip only when /dev/kvm is truly absent and CI is unset; in CI a missing /dev/kvm fails.
+    static var shouldRun: Bool { FileManager.default.fileExists(atPath: "/dev/kvm") || isCI }
+    static let skipReason: Comment = "/dev/kvm is absent on this machine (and CI is unset)"
+    static var deviceIsWorldAccessible: Bool {
+        let attributes = try? FileManager.default.attributesOfItem(atPath: "/dev/kvm")
+        let permissions = (attributes?[.posixPermissions] as? Int) ?? 0
+        return permissions & 0o006 == 0o006
+    }
+}
+
+enum Paths {
+    static let root: String = {
+        var path = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+        path.removeLast(3)  // Tests/CLITests/CommandLineTests.swift
+        return path.joined(separator: "/")
+    }()
+
+    static func firmware(_ name: String) -> String { "\(root)/Firmware/build/\(name).bin" }
+}
+
+/// Runs the built `swiftkvm` and collects what it printed.
+struct SwiftKVMProcess {
+    let status: Int32
+    let stdout: String
+    let stderr: String
+
+    var stderrLines: [String] { stderr.split(separator: "\n").map(String.init) }
+
+    static var executable: String {
+        for configuration in ["debug", "release"] {
+            let path = "\(Paths.root)/.build/\(configuration)/swiftkvm"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return "\(Paths.root)/.build/debug/swiftkvm"
+    }
+
+    /// Runs `swiftkvm arguments` (or, with `direct`, `launcher arguments`), optionally sending
+    /// `signal` after `after` seconds. Every run has a deadline of 60 seconds.
+    static func run(
+        _ arguments: [String], launcher: [String] = [], direct: Bool = false, signal: Int32? = nil, after: Double = 0
+    ) throws -> SwiftKVMProcess {
+        let process = Process()
+        let command = direct ? launcher + arguments : launcher + [executable] + arguments
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst())
+        let output = Pipe()
+        let errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        if let signal {
+            Thread.sleep(forTimeInterval: after)
+            kill(process.processIdentifier, signal)
+        }
+        let watchdog = DispatchWorkItem { if process.isRunning { process.terminate() } }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 60, execute: watchdog)
+        let stdoutData = output.fileHandleForReading.readDataToEndOfFile()
+        let stderrData = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        watchdog.cancel()
+        return SwiftKVMProcess(
+            status: process.terminationStatus, stdout: String(decoding: stdoutData, as: UTF8.self),
+            stderr: String(decoding: stderrData, as: UTF8.self))
+    }
+}
