@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Targets follow the direction of dependencies described in docs/architecture.md:
-//   CKVM ← KVM ← VMM → Devices → VMMCore
+//   CKVM ← KVM ← VMM → Devices, LinuxBoot → VMMCore
 // Only KVM calls into CKVM's ioctls; Devices and VMMCore never see /dev/kvm, so they (and the
 // loader and virtqueue code to come) are testable anywhere.
 let package = Package(
@@ -20,7 +20,8 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "VMMCore"),
         .target(name: "Devices", dependencies: ["VMMCore"]),
-        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "Devices"]),
+        .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
+        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "Devices", "LinuxBoot"]),
         .executableTarget(
             name: "swiftkvm",
             dependencies: ["VMM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -29,6 +30,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
         .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
+        .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
         .testTarget(name: "CLITests", dependencies: []),
     ],
