@@ -109,6 +109,18 @@ struct FirmwareGuestTests {
         #expect(run.consoleText == "primes: 17984\n")
     }
 
+    /// The example of docs/unit-guests.md, as written there.
+    @Test func theDocumentedExample() throws {
+        let run = try Firmware.guest("answer", mode: .long).run(prepare: { memory in
+            try memory.store(UInt32(0xFEED), at: 0x8000)
+        })
+        #expect(run.outcome == .exited(status: 0))
+        #expect(run.reports == [42])
+        #expect(run.consoleText == "done\n")
+        #expect((run.registers?.rflags ?? 0x3000) & 0x3000 == 0, "IOPL 0 outside user mode")
+        #expect(try run.memory.load(UInt32.self, at: 0x8000) == 0xFEED)
+    }
+
     @Test func exitCodeAndPortLoop() throws {
         let exit = try Firmware.guest("exit-code", mode: .real).run()
         #expect(exit.outcome == .exited(status: 42))
