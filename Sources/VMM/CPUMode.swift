@@ -94,9 +94,7 @@ public struct UnitGuestLayout: Equatable, Sendable {
         try memory.store(UInt16(Self.ioBitmapOffset), at: GuestAddress(tssBase + 0x66))  // I/O map base
         try memory.store(UInt8(0xFF), at: GuestAddress(tssBase + Self.ioBitmapOffset + Self.ioBitmapSize - 1))
         try memory.write(exceptionStub(), at: GuestAddress(stubBase))
-        let tables = pageTables()
-        let target = try memory.hostPointer(for: GuestAddress(pml4Base), length: tables.count * 8)
-        tables.withUnsafeBytes { target.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        try IdentityPaging.install(pageTables(), at: pml4Base, in: memory)
     }
 
     /// The CPU state that enters the guest at `entry`, derived from the state KVM created the vCPU
@@ -196,21 +194,8 @@ public struct UnitGuestLayout: Equatable, Sendable {
         return code
     }
 
-    /// PML4 → PDPT → four page directories of 2 MiB pages mapping 0–4 GiB onto itself, all
-    /// present, writable and user-accessible.
-    func pageTables() -> [UInt64] {
-        let flags: UInt64 = 0x7  // present | writable | user
-        var entries = [UInt64](repeating: 0, count: 6 * 512)
-        entries[0] = (pml4Base + 0x1000) | flags
-        for directory in 0..<4 {
-            entries[512 + directory] = (pml4Base + 0x2000 + UInt64(directory) * 0x1000) | flags
-            for page in 0..<512 {
-                let address = UInt64(directory) << 30 | UInt64(page) << 21
-                entries[1024 + directory * 512 + page] = address | flags | 0x80  // PS: 2 MiB page
-            }
-        }
-        return entries.map(\.littleEndian)
-    }
+    /// The identity map of the first 4 GiB, user-accessible so user mode can reach all of RAM.
+    func pageTables() -> [UInt64] { IdentityPaging.tables(at: pml4Base, userAccessible: true) }
 
     static func littleEndianBytes<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
         withUnsafeBytes(of: value.littleEndian) { Array($0) }
