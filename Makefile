@@ -1,20 +1,24 @@
 # SwiftKVM — the two commands a newcomer needs are `make demo` and `make test` (see README.md).
 #
+#   make demo       build what it needs and boot Linux to an interactive busybox shell
+#   make test       install what is missing, build everything, run every test
 #   make build      build the swiftkvm tool (debug)
 #   make firmware   assemble the unit guests in Firmware/ into Firmware/build/*.bin
-#   make test       install what is missing, build everything, run every test
+#   make guest      build the guest kernels and initramfs images into $(SWIFTKVM_CACHE)
 #   make bench      measure swiftkvm against the C baseline, side by side
-#   make demo       run a firmware guest in each CPU mode
+#   make firmware-demo  run a firmware guest in each CPU mode
 #   make clean
 
 SHELL := /bin/bash
 export PATH := /opt/swift/usr/bin:$(PATH)
 SWIFT ?= swift
+# Guest kernels are built once into this cache, outside the clone, and reused across runs.
+export SWIFTKVM_CACHE ?= /var/cache/swiftkvm
 
 # Debian packages the build and the tests use. Installed only when missing.
 DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev
 
-.PHONY: all build release firmware baseline test bench demo deps clean
+.PHONY: all build release firmware baseline guest test-guest test bench demo firmware-demo deps clean
 
 all: build firmware
 
@@ -38,14 +42,37 @@ firmware: deps
 baseline: deps
 	$(MAKE) -C Benchmarks/Baseline
 
-test: deps firmware
+# Everything: the small test kernel and initramfs, and Debian's stock kernel with virtio modules.
+guest: deps
+	$(MAKE) -C Firmware/linux all
+
+# What the tests boot: the small test kernel and its busybox initramfs.
+test-guest: deps
+	$(MAKE) -C Firmware/linux test-kernel test-initramfs
+
+test: deps firmware test-guest
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
 bench: release firmware baseline
 	.build/release/swiftkvm-bench $(BENCH_FLAGS)
 
-demo: build firmware
+# Boots Linux to a busybox shell on this terminal (Ctrl-A x quits). Hosts whose KVM emulates guest
+# ring 0 (KVM-PVM) get the small test kernel built for them; hardware KVM gets Debian's stock kernel.
+demo: build
+	@if [ -d /sys/module/kvm_pvm ]; then \
+		$(MAKE) --no-print-directory test-guest && \
+		echo "KVM-PVM host: booting the small test kernel (about 2 minutes here; Ctrl-A x quits)" && \
+		.build/debug/swiftkvm run --kernel $(SWIFTKVM_CACHE)/test-kernel/bzImage \
+			--initrd $(SWIFTKVM_CACHE)/test-initramfs.cpio --cmdline "console=ttyS0 reboot=k panic=-1 quiet"; \
+	else \
+		$(MAKE) --no-print-directory -C Firmware/linux stock && \
+		echo "booting Debian's stock kernel (Ctrl-A x quits)" && \
+		.build/debug/swiftkvm run --kernel $(SWIFTKVM_CACHE)/stock-kernel/bzImage \
+			--initrd $(SWIFTKVM_CACHE)/stock-initramfs.cpio.gz --cmdline "console=ttyS0 reboot=k panic=-1"; \
+	fi
+
+firmware-demo: build firmware
 	@for mode in real protected long user; do \
 		echo "== swiftkvm run --firmware Firmware/build/hello-$$mode.bin --mode $$mode"; \
 		.build/debug/swiftkvm run --firmware Firmware/build/hello-$$mode.bin --mode $$mode || exit 1; \

@@ -85,3 +85,9 @@ public final class KVMSystem: @unchecked Sendable {
         }
     }
 }
+
+/// KVM capability numbers (KVM_CHECK_EXTENSION) the VMM asks about.
+public enum KVMCapability {
+    /// KVM_CAP_MAX_VCPUS: the most vCPUs one VM may have.
+    public static let maxVCPUs = Int32(KVM_CAP_MAX_VCPUS)
+}

@@ -79,6 +79,19 @@ public final class VCPU: @unchecked Sendable {
         _ = try descriptor.ioctl(CKVM_SET_CPUID2, buffer: buffer, "KVM_SET_CPUID2")
     }
 
+    /// KVM_GET_LAPIC / KVM_SET_LAPIC around `change`: the local APIC's 1 KiB register page, as
+    /// bytes at the APIC's own offsets (Intel SDM vol. 3, table 11-1). Needs the in-kernel irqchip.
+    public func modifyLocalAPIC(_ change: (inout [UInt8]) -> Void) throws(KVMError) {
+        var state = kvm_lapic_state()
+        _ = try descriptor.ioctl(CKVM_GET_LAPIC, &state, "KVM_GET_LAPIC")
+        var bytes = withUnsafeBytes(of: state.regs) { Array($0) }
+        change(&bytes)
+        withUnsafeMutableBytes(of: &state.regs) { raw in
+            for index in 0..<min(raw.count, bytes.count) { raw[index] = bytes[index] }
+        }
+        _ = try descriptor.ioctl(CKVM_SET_LAPIC, &state, "KVM_SET_LAPIC")
+    }
+
     /// KVM_SET_MSRS: writes model-specific registers, given as (index, value) pairs.
     public func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(KVMError) {
         let size = MemoryLayout<kvm_msrs>.size + msrs.count * MemoryLayout<kvm_msr_entry>.stride

@@ -44,6 +44,14 @@ public final class VirtualMachine: @unchecked Sendable {
         _ = try descriptor.ioctl(CKVM_CREATE_IRQCHIP, "KVM_CREATE_IRQCHIP")
     }
 
+    /// KVM_CREATE_PIT2: KVM's in-kernel 8254 PIT on ports 0x40–0x43, wired to GSI 0. With
+    /// `speakerDummy`, port 0x61 is emulated too (KVM_PIT_SPEAKER_DUMMY), as Linux's calibration needs.
+    public func createInKernelPIT(speakerDummy: Bool = true) throws(KVMError) {
+        var config = kvm_pit_config()
+        config.flags = speakerDummy ? UInt32(KVM_PIT_SPEAKER_DUMMY) : 0
+        _ = try descriptor.ioctl(CKVM_CREATE_PIT2, &config, "KVM_CREATE_PIT2")
+    }
+
     /// KVM_IRQ_LINE: drives an in-kernel interrupt controller input (GSI) high or low.
     public func setInterruptLine(_ gsi: UInt32, high: Bool) throws(KVMError) {
         var level = kvm_irq_level()

@@ -8,6 +8,8 @@ public enum GuestOutcome: Equatable, Sendable, CustomStringConvertible {
     case exited(status: UInt8)
     /// A triple fault (or another reset): KVM_EXIT_SHUTDOWN.
     case shutdown
+    /// The guest asked for a reset through the i8042 (Linux's `reboot=k`).
+    case rebooted
     /// The time limit passed and the vCPUs were kicked out of KVM_RUN.
     case timedOut
     /// An exception reached the unit-guest exception stub (64-bit modes).
@@ -28,6 +30,7 @@ public enum GuestOutcome: Equatable, Sendable, CustomStringConvertible {
         case .halted: "the guest halted"
         case .exited(let status): "the guest exited with status \(status)"
         case .shutdown: "the guest shut down (triple fault or reset)"
+        case .rebooted: "the guest rebooted (reset through the i8042 keyboard controller)"
         case .timedOut: "the guest ran past its time limit"
         case .exception(let vector, let errorCode, let rip):
             "the guest took exception \(vector) (\(Self.exceptionName(vector))), error code 0x\(String(errorCode, radix: 16)), at rip 0x\(String(rip, radix: 16))"

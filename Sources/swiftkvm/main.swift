@@ -10,54 +10,141 @@ struct SwiftKVM: ParsableCommand {
         commandName: "swiftkvm",
         abstract: "A KVM hypervisor written in Swift.",
         discussion: """
-            Runs a flat firmware binary in real, protected, long or user mode. Bytes the guest writes \
-            to COM1 (port 0x3F8) appear on standard output; a byte written to port 0xF4 ends the guest \
-            and becomes the exit status; HLT ends it with status 0.
+            Boots a Linux bzImage with its serial console on your terminal, or runs a flat firmware \
+            binary in real, protected, long or user mode. See 'swiftkvm run --help'.
             """,
         subcommands: [Run.self])
 }
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a guest.",
+        abstract: "Run a guest: a Linux kernel (--kernel) or a flat firmware binary (--firmware).",
         discussion: """
-            Exit status: the guest's debug-exit byte; 0 after HLT or a triple fault (the reason is \
-            printed on standard error); 124 when --time-limit passes; 130/143 after SIGINT/SIGTERM; \
-            1 when the guest fails (an exception, a KVM error); 2 for bad input.
+            Linux: the serial console (COM1) is your terminal. When standard input is a terminal it is \
+            put in raw mode; press Ctrl-A then x to quit. When it is a pipe or a file, its bytes are \
+            typed into the guest's console.
 
-            Example: swiftkvm run --firmware Firmware/build/hello-long.bin --mode long
+            Firmware: bytes written to COM1 appear on standard output; a byte written to port 0xF4 ends \
+            the guest and becomes the exit status; HLT ends it with status 0.
+
+            Exit status: the firmware's debug-exit byte; 0 after a guest reboot, HLT or triple fault (the \
+            reason is printed on standard error); 124 when --time-limit passes; 130/143 after \
+            SIGINT/SIGTERM; 1 when the guest or the VMM fails; 2 for bad input.
+
+            Examples:
+              swiftkvm run --kernel bzImage --initrd initrd.img --cmdline "console=ttyS0"
+              swiftkvm run --firmware Firmware/build/hello-long.bin --mode long
             """)
 
-    @Option(name: .long, help: ArgumentHelp("A flat binary to run.", valueName: "file"))
-    var firmware: String
+    @Option(name: .long, help: ArgumentHelp("A Linux bzImage to boot.", valueName: "file"))
+    var kernel: String?
 
-    @Option(name: .long, help: "The CPU mode the guest starts in: real, protected, long or user.")
+    @Option(name: .long, help: ArgumentHelp("An initramfs for the kernel.", valueName: "file"))
+    var initrd: String?
+
+    @Option(name: .long, help: ArgumentHelp("The kernel command line.", valueName: "text"))
+    var cmdline: String = LinuxGuestConfiguration.defaultCommandLine
+
+    @Option(name: .long, help: "Number of vCPUs (Linux).")
+    var cpus: Int = 1
+
+    @Option(name: .long, help: ArgumentHelp("Which 8254 PIT Linux gets: kvm (in-kernel, the default) or emulated.", valueName: "kvm|emulated"))
+    var pit: String = PITChoice.kvm.rawValue
+
+    // .unconditional: the value itself starts with '-', which must not read as another option.
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("CPU features to hide from the guest, e.g. -xsave,-cx16.", valueName: "list"))
+    var cpuFeatures: String = ""
+
+    @Option(name: .long, help: ArgumentHelp("A flat binary to run instead of a kernel.", valueName: "file"))
+    var firmware: String?
+
+    @Option(name: .long, help: "Firmware: the CPU mode the guest starts in: real, protected, long or user.")
     var mode: String = "long"
 
-    @Option(name: .long, help: ArgumentHelp("Guest RAM, e.g. 2M, 64K, 1G.", valueName: "size"))
-    var memory: String = "2M"
+    @Option(name: .long, help: ArgumentHelp("Guest RAM, e.g. 256M, 1G (default: 256M for Linux, 2M for firmware).", valueName: "size"))
+    var memory: String?
 
-    @Option(name: .long, help: ArgumentHelp("Guest address the binary is copied to.", valueName: "address"))
+    @Option(name: .long, help: ArgumentHelp("Firmware: guest address the binary is copied to.", valueName: "address"))
     var load: String = "0"
 
-    @Option(name: .long, help: ArgumentHelp("Guest address of the first instruction (default: the load address).", valueName: "address"))
+    @Option(name: .long, help: ArgumentHelp("Firmware: guest address of the first instruction (default: the load address).", valueName: "address"))
     var entry: String?
 
     @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds (default: no limit).", valueName: "seconds"))
     var timeLimit: Double?
 
     func run() throws {
-        guard let cpuMode = CPUMode(rawValue: mode) else {
-            throw UsageError("--mode must be real, protected, long or user, not '\(mode)'")
+        switch (kernel, firmware) {
+        case (nil, nil): throw UsageError("nothing to run: give --kernel BZIMAGE (Linux) or --firmware FILE (a flat binary)")
+        case (.some, .some): throw UsageError("give either --kernel or --firmware, not both")
+        case (let kernel?, nil): try runLinux(kernel: kernel)
+        case (nil, let firmware?): try runFirmware(firmware)
         }
-        guard let memorySize = CommandLineValues.size(memory), memorySize > 0 else {
-            throw UsageError("--memory '\(memory)' is not a size: write it like 2M, 64K or 1G")
+    }
+
+    /// --memory, checked against the host's RAM; `fallback` when not given.
+    func memorySize(default fallback: Int) throws -> Int {
+        guard let memory else { return fallback }
+        guard let size = CommandLineValues.size(memory), size > 0 else {
+            throw UsageError("--memory '\(memory)' is not a size: write it like 256M, 64K or 1G")
         }
         let hostMemory = Int(sysconf(Int32(_SC_PHYS_PAGES))) &* Int(sysconf(Int32(_SC_PAGESIZE)))
-        if hostMemory > 0, memorySize > hostMemory {
+        if hostMemory > 0, size > hostMemory {
             throw UsageError(
                 "--memory \(memory) is more than this host's \(CommandLineValues.describe(size: hostMemory)) of RAM: give less")
         }
+        return size
+    }
+
+    func parsedTimeLimit() throws -> Duration? {
+        guard let timeLimit else { return nil }
+        guard timeLimit > 0, timeLimit < 1e9 else { throw UsageError("--time-limit must be a positive number of seconds") }
+        return .milliseconds(Int64(timeLimit * 1000))
+    }
+
+    func runLinux(kernel: String) throws {
+        let size = try memorySize(default: LinuxGuestConfiguration.defaultMemorySize)
+        guard size % 4096 == 0 else { throw UsageError("--memory must be a multiple of 4 KiB") }
+        guard let pitChoice = PITChoice(rawValue: pit) else { throw UsageError("--pit must be kvm or emulated, not '\(pit)'") }
+        guard cpus >= 1 else { throw UsageError("--cpus must be at least 1") }
+        let policy: CPUIDPolicy
+        do { policy = try CPUIDPolicy(parsing: cpuFeatures) } catch { throw UsageError("\(error)") }
+        let configuration = LinuxGuestConfiguration(
+            kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, memorySize: size, cpus: cpus, pit: pitChoice,
+            cpuid: policy, timeLimit: try parsedTimeLimit())
+
+        let guest: LinuxGuest
+        do {
+            guest = try LinuxGuest(configuration) { byte in ConsoleOutput.write(byte) }
+        } catch {
+            if case .kvm = error { throw RuntimeFailure(error.description) }
+            throw UsageError(error.description)
+        }
+        let stopper = SignalStopper()
+        stopper.watch(guest.machine)
+        let terminal = HostTerminal()
+        terminal.enterRawMode()
+        let input = ConsoleInputPump(
+            interpretEscape: terminal.isTerminal, sink: { guest.serial.enqueueInput($0) },
+            onQuit: { [machine = guest.machine] in machine.requestStop(.stopped) })
+        input.start()
+        let report: RunReport
+        do {
+            report = try guest.run()
+        } catch {
+            HostTerminal.restore()
+            throw RuntimeFailure("\(error)")
+        }
+        input.stop()
+        HostTerminal.restore()
+        try finish(report.outcome, signal: stopper.signal)
+    }
+
+    func runFirmware(_ firmware: String) throws {
+        guard let cpuMode = CPUMode(rawValue: mode) else {
+            throw UsageError("--mode must be real, protected, long or user, not '\(mode)'")
+        }
+        let size = try memorySize(default: UnitGuest.defaultMemorySize)
         guard let loadAddress = CommandLineValues.address(load) else {
             throw UsageError("--load '\(load)' is not an address: write it like 0x7c00 or 31744")
         }
@@ -68,16 +155,12 @@ struct Run: ParsableCommand {
             }
             entryAddress = parsed
         }
-        var limit: Duration?
-        if let timeLimit {
-            guard timeLimit > 0, timeLimit < 1e9 else { throw UsageError("--time-limit must be a positive number of seconds") }
-            limit = .milliseconds(Int64(timeLimit * 1000))
-        }
+        let limit = try parsedTimeLimit()
 
         let guest: UnitGuest
         do {
             guest = try UnitGuest(
-                contentsOf: firmware, mode: cpuMode, memorySize: memorySize, loadAddress: GuestAddress(loadAddress),
+                contentsOf: firmware, mode: cpuMode, memorySize: size, loadAddress: GuestAddress(loadAddress),
                 entry: entryAddress.map { GuestAddress($0) }, timeLimit: limit)
             try guest.validate()
         } catch {
@@ -91,8 +174,13 @@ struct Run: ParsableCommand {
         } catch {
             throw RuntimeFailure("\(error)")
         }
+        try finish(result.outcome, signal: stopper.signal)
+    }
+
+    /// Prints the reason the guest ended (if it needs saying) and exits with its status.
+    func finish(_ outcome: GuestOutcome, signal: Int32?) throws -> Never {
         ConsoleOutput.flush()
-        let (status, reason) = Self.exitStatus(for: result.outcome, signal: stopper.signal)
+        let (status, reason) = Self.exitStatus(for: outcome, signal: signal)
         if let reason { printError(reason) }
         throw ExitCode(status)
     }
@@ -102,9 +190,11 @@ struct Run: ParsableCommand {
         switch outcome {
         case .exited(let status): return (Int32(status), nil)
         case .halted: return (0, nil)
-        case .shutdown: return (0, outcome.description)
+        case .shutdown, .rebooted: return (0, outcome.description)
         case .timedOut: return (124, outcome.description)
-        case .stopped: return (128 + (signal ?? SIGTERM), "stopped by signal \(signal ?? SIGTERM)")
+        case .stopped:
+            guard let signal else { return (0, "stopped (Ctrl-A x)") }
+            return (128 + signal, "stopped by signal \(signal)")
         case .exception, .failedEntry, .internalError, .unhandledExit, .vmmError: return (1, outcome.description)
         }
     }

@@ -47,10 +47,60 @@ import Testing
         #expect(result.stderr.contains("the file is empty"))
     }
 
+    @Test func kernelsThatCannotBootAreOneLineAndStatusTwo() throws {
+        let notKernel = try SwiftKVMProcess.run(["run", "--kernel", "/etc/passwd"])
+        #expect(notKernel.status == 2)
+        #expect(notKernel.stderrLines == ["swiftkvm: /etc/passwd is not a Linux bzImage (no HdrS signature): pass the kernel's arch/x86/boot/bzImage or /boot/vmlinuz-*"])
+
+        let missing = try SwiftKVMProcess.run(["run", "--kernel", "/nonexistent/bzImage"])
+        #expect(missing.status == 2)
+        #expect(missing.stderr == "swiftkvm: /nonexistent/bzImage: No such file or directory\n")
+
+        let neither = try SwiftKVMProcess.run(["run"])
+        #expect(neither.status == 2)
+        #expect(neither.stderr.contains("nothing to run: give --kernel BZIMAGE (Linux) or --firmware FILE"))
+
+        let both = try SwiftKVMProcess.run(["run", "--kernel", "/etc/passwd", "--firmware", Paths.firmware("hello-long")])
+        #expect(both.status == 2)
+        #expect(both.stderr.contains("either --kernel or --firmware, not both"))
+    }
+
+    /// A real kernel from the guest cache, cut short, and given impossible companions.
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: Paths.testKernel), "no test kernel in the cache (make guest)"))
+    func truncatedKernelMissingInitrdAndImpossibleSizes() throws {
+        let kernel = try Data(contentsOf: URL(fileURLWithPath: Paths.testKernel))
+        let truncated = FileManager.default.temporaryDirectory.appendingPathComponent("swiftkvm-truncated-\(getpid())")
+        try kernel.prefix(64 * 1024).write(to: truncated)
+        defer { try? FileManager.default.removeItem(at: truncated) }
+        let cut = try SwiftKVMProcess.run(["run", "--kernel", truncated.path])
+        #expect(cut.status == 2)
+        #expect(cut.stderrLines.count == 1)
+        #expect(cut.stderr.contains("is truncated"), "\(cut.stderr)")
+
+        let noInitrd = try SwiftKVMProcess.run(["run", "--kernel", Paths.testKernel, "--initrd", "/nonexistent/initrd.img"])
+        #expect(noInitrd.status == 2)
+        #expect(noInitrd.stderr == "swiftkvm: /nonexistent/initrd.img: No such file or directory\n")
+
+        for (options, message) in [
+            (["--memory", "0"], "is not a size"),
+            (["--memory", "64T"], "is more than this host's"),
+            (["--memory", "16M"], "give the VM more memory"),
+            (["--cpus", "0"], "--cpus must be at least 1"),
+            (["--cpus", "100000"], "vCPUs this host's KVM allows"),
+            (["--pit", "hpet"], "--pit must be kvm or emulated"),
+            (["--cpu-features", "-warpdrive"], "unknown feature 'warpdrive'"),
+        ] {
+            let result = try SwiftKVMProcess.run(["run", "--kernel", Paths.testKernel] + options)
+            #expect(result.status == 2, "\(options): \(result.stderr)")
+            #expect(result.stderrLines.count == 1, "\(options): \(result.stderr)")
+            #expect(result.stderr.contains(message), "\(options): \(result.stderr)")
+        }
+    }
+
     @Test func helpDescribesTheOptions() throws {
         let result = try SwiftKVMProcess.run(["run", "--help"])
         #expect(result.status == 0)
-        for option in ["--firmware", "--mode", "--memory", "--load", "--entry", "--time-limit"] {
+        for option in ["--kernel", "--initrd", "--cmdline", "--cpus", "--pit", "--cpu-features", "--firmware", "--mode", "--memory", "--load", "--entry", "--time-limit"] {
             #expect(result.stdout.contains(option), "help lacks \(option)")
         }
     }
@@ -134,6 +184,10 @@ enum Paths {
     }()
 
     static func firmware(_ name: String) -> String { "\(root)/Firmware/build/\(name).bin" }
+
+    static var testKernel: String {
+        "\(ProcessInfo.processInfo.environment["SWIFTKVM_CACHE"] ?? "/var/cache/swiftkvm")/test-kernel/bzImage"
+    }
 }
 
 /// Runs the built `swiftkvm` and collects what it printed.

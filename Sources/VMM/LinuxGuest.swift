@@ -1,0 +1,250 @@
+import Devices
+import Dispatch
+import Glibc
+import KVM
+import LinuxBoot
+import Synchronization
+import VMMCore
+
+/// Which 8254 PIT the guest gets.
+public enum PITChoice: String, CaseIterable, Sendable {
+    /// KVM's in-kernel PIT (KVM_CREATE_PIT2): no exits for timer ports or ticks. The default.
+    case kvm
+    /// `PIT8254`, emulated in this process, driven by a timer thread.
+    case emulated
+}
+
+/// How to boot a Linux guest.
+public struct LinuxGuestConfiguration: Sendable {
+    public var kernelPath: String
+    public var initrdPath: String?
+    public var commandLine: String
+    public var memorySize: Int
+    public var cpus: Int
+    public var pit: PITChoice
+    public var cpuid: CPUIDPolicy
+    /// After this long the vCPUs are kicked and the outcome is `.timedOut`; nil runs until the guest ends.
+    public var timeLimit: Duration?
+
+    /// The serial console on COM1, `reboot=k` so a guest reboot reaches the i8042 and ends the VM,
+    /// `panic=-1` so a panic reboots at once instead of hanging.
+    public static let defaultCommandLine = "console=ttyS0 reboot=k panic=-1"
+    public static let defaultMemorySize = 256 << 20
+
+    public init(
+        kernelPath: String, initrdPath: String? = nil, commandLine: String = LinuxGuestConfiguration.defaultCommandLine,
+        memorySize: Int = LinuxGuestConfiguration.defaultMemorySize, cpus: Int = 1, pit: PITChoice = .kvm,
+        cpuid: CPUIDPolicy = CPUIDPolicy(), timeLimit: Duration? = nil
+    ) {
+        self.kernelPath = kernelPath
+        self.initrdPath = initrdPath
+        self.commandLine = commandLine
+        self.memorySize = memorySize
+        self.cpus = cpus
+        self.pit = pit
+        self.cpuid = cpuid
+        self.timeLimit = timeLimit
+    }
+}
+
+/// A Linux guest: a bzImage loaded by the x86 boot protocol into a machine with the in-kernel
+/// interrupt controllers, a 16550A on COM1, an 8254 PIT and an i8042 for `reboot=k`.
+public final class LinuxGuest: @unchecked Sendable {
+    public let configuration: LinuxGuestConfiguration
+    public let machine: Machine
+    /// COM1: guest output goes to the `console` closure, `serial.enqueueInput` feeds the guest.
+    public let serial: Serial16550
+    public let bootInfo: LinuxBootInfo
+    private let emulatedPIT: PIT8254?
+    private let clock = MonotonicClock()
+
+    /// Everything up to the first instruction: files read and checked, memory laid out, kernel,
+    /// initrd, command line and zero page loaded, devices placed, vCPUs created and set.
+    public init(_ configuration: LinuxGuestConfiguration, console: @escaping (UInt8) -> Void) throws(VMMError) {
+        self.configuration = configuration
+        guard configuration.memorySize > 0, configuration.memorySize % 4096 == 0 else {
+            throw .configuration("guest memory must be a positive multiple of 4 KiB, not \(configuration.memorySize) bytes")
+        }
+        guard configuration.cpus >= 1 else { throw .configuration("--cpus must be at least 1") }
+
+        let kernelBytes = try readHostFile(configuration.kernelPath)
+        let kernel: BzImage
+        do { kernel = try BzImage(bytes: kernelBytes, name: configuration.kernelPath) } catch {
+            throw .configuration(error.description)
+        }
+        var initrd: [UInt8]?
+        if let path = configuration.initrdPath { initrd = try readHostFile(path) }
+        let commandLine: KernelCommandLine
+        do { commandLine = try KernelCommandLine(configuration.commandLine, maximumLength: Int(kernel.commandLineSize)) } catch {
+            throw .configuration(error.description)
+        }
+
+        let system: KVMSystem
+        let supported: [CPUIDEntry]
+        do {
+            system = try HostKVM.system()
+            supported = try HostKVM.supportedCPUID()
+        } catch {
+            throw .kvm(error)
+        }
+        let maximumCPUs = Int(system.checkExtension(KVMCapability.maxVCPUs))
+        if maximumCPUs > 0, configuration.cpus > maximumCPUs {
+            throw .configuration("--cpus \(configuration.cpus) is more than the \(maximumCPUs) vCPUs this host's KVM allows")
+        }
+
+        let memory: GuestMemory
+        do { memory = try GuestMemory(layout: LinuxBootLayout.guestMemoryLayout(size: configuration.memorySize)) } catch {
+            throw .memory(error)
+        }
+        let entryLayout = LinuxEntryLayout()
+        do {
+            bootInfo = try LinuxLoader.load(
+                kernel: kernel, initrd: initrd, commandLine: commandLine, memory: memory,
+                reserved: [
+                    GuestAddress(LinuxEntryLayout.gdtAddress)..<GuestAddress(LinuxEntryLayout.gdtAddress + 32),
+                    GuestAddress(LinuxEntryLayout.pageTablesAddress)..<GuestAddress(
+                        LinuxEntryLayout.pageTablesAddress + UInt64(IdentityPaging.size)),
+                ])
+            try entryLayout.install(in: memory)
+        } catch let error as LinuxBootError {
+            throw .configuration(error.description)
+        } catch let error as GuestMemoryError {
+            throw .memory(error)
+        } catch {
+            throw .configuration("\(error)")
+        }
+
+        machine = try Machine(system: system, memory: memory)
+        let vm = machine.vm
+        do {
+            try vm.createInterruptController()
+            if configuration.pit == .kvm { try vm.createInKernelPIT() }
+        } catch {
+            throw .kvm(error)
+        }
+
+        serial = Serial16550(interrupt: KVMInterruptLine(vm: vm, gsi: Serial16550.com1IRQ), output: console)
+        try machine.addPortDevice(serial, at: Serial16550.com1, count: Serial16550.portCount)
+        let keyboardController = I8042(interrupt: KVMInterruptLine(vm: vm, gsi: I8042.keyboardIRQ)) { [unowned machine] in
+            machine.requestStop(.rebooted)  // reboot=k pulses the reset line several times; the first request wins
+        }
+        try machine.addPortDevice(keyboardController.dataPort, at: I8042.dataPortAddress)
+        try machine.addPortDevice(keyboardController.commandPort, at: I8042.commandPortAddress)
+        if configuration.pit == .emulated {
+            let pit = PIT8254(clock: clock, interruptLine: KVMInterruptLine(vm: vm, gsi: PIT8254.irq))
+            try machine.addPortDevice(pit, at: PIT8254.basePort, count: PIT8254.portCount)
+            try machine.addPortDevice(pit.speakerPort, at: PIT8254.speakerControlPort)
+            emulatedPIT = pit
+        } else {
+            emulatedPIT = nil
+        }
+
+        for index in 0..<configuration.cpus {
+            let entries = configuration.cpuid.entries(from: supported, vcpu: UInt32(index), of: UInt32(configuration.cpus))
+            let vcpu = try machine.addVCPU(cpuid: entries)
+            do {
+                try vcpu.setMSRs(Self.bootMSRs)
+                // LINT0 delivers the 8259 PIC's interrupts (ExtINT), LINT1 NMIs: the wiring of a PC,
+                // which Linux assumes when it finds no MP table saying otherwise.
+                try vcpu.modifyLocalAPIC { registers in
+                    Self.setLVT(&registers, offset: 0x350, deliveryMode: 0b111)
+                    Self.setLVT(&registers, offset: 0x360, deliveryMode: 0b100)
+                }
+                if index == 0 {
+                    let (registers, special) = entryLayout.cpuState(
+                        entry: bootInfo.entryPoint.rawValue, zeroPage: bootInfo.zeroPage.rawValue,
+                        from: try vcpu.specialRegisters())
+                    try vcpu.setSpecialRegisters(special)
+                    try vcpu.setRegisters(registers)
+                }
+                // Application processors stay in the wait-for-SIPI state the in-kernel LAPIC gives them.
+            } catch {
+                throw .kvm(error)
+            }
+        }
+    }
+
+    /// MSRs a BIOS would have set: fast string operations on, MTRRs enabled with write-back default.
+    static let bootMSRs: [(index: UInt32, value: UInt64)] = [
+        (0x1A0, 1),  // IA32_MISC_ENABLE: fast-string enable
+        (0x2FF, 1 << 11 | 6),  // IA32_MTRR_DEF_TYPE: MTRRs on, default type write-back
+    ]
+
+    /// Sets the delivery mode (bits 10:8) of a local-APIC LVT entry and unmasks it.
+    static func setLVT(_ registers: inout [UInt8], offset: Int, deliveryMode: UInt32) {
+        guard offset + 4 <= registers.count else { return }
+        var value = UInt32(registers[offset]) | UInt32(registers[offset + 1]) << 8 | UInt32(registers[offset + 2]) << 16
+            | UInt32(registers[offset + 3]) << 24
+        value = (value & ~0x0001_0700) | deliveryMode << 8
+        for byte in 0..<4 { registers[offset + byte] = UInt8(truncatingIfNeeded: value >> (8 * UInt32(byte))) }
+    }
+
+    /// Runs the guest until it ends (reboot, shutdown, a stop request) or the time limit passes.
+    public func run() throws(VMMError) -> RunReport {
+        let timer = emulatedPIT.map { PITTimerThread(pit: $0, clock: clock) }
+        timer?.start()
+        defer { timer?.stop() }
+        return try machine.run(timeLimit: configuration.timeLimit)
+    }
+}
+
+/// An interrupt controller input in KVM: KVM_IRQ_LINE on a GSI (below 16, both the PIC and the IOAPIC pin).
+final class KVMInterruptLine: InterruptLine {
+    let vm: VirtualMachine
+    let gsi: UInt32
+
+    init(vm: VirtualMachine, gsi: UInt32) {
+        self.vm = vm
+        self.gsi = gsi
+    }
+
+    func setLevel(_ high: Bool) {
+        // KVM_IRQ_LINE fails only for a GSI the irqchip lacks, which the constants here rule out;
+        // there is nobody to report to from inside a device, so a failure leaves the line as it was.
+        try? vm.setInterruptLine(gsi, high: high)
+    }
+}
+
+/// CLOCK_MONOTONIC, in nanoseconds, for devices.
+final class MonotonicClock: GuestClock, @unchecked Sendable {
+    var nanoseconds: UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+}
+
+/// Drives an emulated PIT: sleeps until its next deadline (or 10 ms at most), then advances it.
+final class PITTimerThread: @unchecked Sendable {
+    let pit: PIT8254
+    let clock: MonotonicClock
+    private let running = Atomic<Bool>(true)
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(pit: PIT8254, clock: MonotonicClock) {
+        self.pit = pit
+        self.clock = clock
+    }
+
+    func start() {
+        Thread { [self] in
+            Kick.nameCurrentThread("pit")
+            while running.load(ordering: .relaxed) {
+                let now = clock.nanoseconds
+                let next = pit.nextDeadline ?? now + 10_000_000
+                let wait = min(next > now ? next - now : 0, 10_000_000)
+                if wait > 0 {
+                    var pause = timespec(tv_sec: 0, tv_nsec: Int(wait))
+                    nanosleep(&pause, nil)
+                }
+                pit.advance(to: clock.nanoseconds)
+            }
+            finished.signal()
+        }.start()
+    }
+
+    func stop() {
+        running.store(false, ordering: .relaxed)
+        finished.wait()
+    }
+}

@@ -1,0 +1,96 @@
+import Glibc
+import Testing
+import VMM
+
+/// Boots the project's small test kernel (built by `make guest` into the cache) with its busybox
+/// initramfs, once, and checks many things along the way: a Linux boot takes minutes on hosts
+/// whose KVM emulates guest ring 0, so every wait has a deadline and one boot covers it all.
+@Suite(.enabled(if: GuestAssets.shouldRun, GuestAssets.skipReason))
+struct LinuxGuestTests {
+    @Test(.timeLimit(.minutes(20)))
+    func testKernelBootsToABusyboxShellAndRebootsCleanly() throws {
+        let assets = try GuestAssets.testKernel()
+        let session = try LinuxSession(
+            LinuxGuestConfiguration(
+                kernelPath: assets.kernel, initrdPath: assets.initrd, commandLine: "console=ttyS0 reboot=k panic=-1",
+                memorySize: 256 << 20, timeLimit: .seconds(1200)))
+        defer { session.stop() }
+        let boot: Duration = .seconds(900)
+
+        // The kernel's milestones, in order.
+        let banner = try session.waitFor("Linux version ", timeout: boot)
+        #expect(!banner.contains("Kernel panic"))
+        try session.waitFor("Command line: console=ttyS0 reboot=k panic=-1", timeout: boot)
+        try session.waitFor("BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable", timeout: boot)
+        try session.waitFor("clocksource: Switched to clocksource", timeout: boot)
+        try session.waitFor("Unpacking initramfs", timeout: boot)
+        try session.waitFor("ttyS0 at I/O 0x3f8 (irq = 4", timeout: boot)
+        try session.waitFor("Run /init as init process", timeout: boot)
+        try session.waitFor("SWIFTKVM-INIT-READY", timeout: .seconds(300))
+        try session.waitFor("# ", timeout: .seconds(300))
+
+        // The shell answers through the serial console: typed input reaches the guest, output returns.
+        session.send("uname -r")
+        let uname = try session.waitFor("# ", timeout: .seconds(300))
+        #expect(uname.contains(assets.release), "uname -r said: \(uname)")
+
+        // Markers are computed by the shell, so the echo of the typed command cannot match them.
+        session.send("cat /proc/cpuinfo; echo CPUINFO-$((40 + 2))")
+        let cpuinfo = try session.waitFor("CPUINFO-42", timeout: .seconds(300))
+        #expect(cpuinfo.contains("processor\t: 0"))
+        #expect(cpuinfo.contains("hypervisor"), "the CPUID hypervisor bit reaches the guest")
+        #expect(!cpuinfo.contains("processor\t: 1"), "one vCPU")
+
+        session.send("echo piped-$((6 * 7)) | cat")
+        #expect(try session.waitFor("piped-42", timeout: .seconds(300)).contains("piped-42"))
+
+        session.send("reboot -f")
+        let report = try session.waitForEnd(timeout: .seconds(300))
+        #expect(report.outcome == .rebooted)
+        #expect(!session.output.contains("Kernel panic"))
+        #expect(report.statistics.portWrites > 1000, "the console alone makes thousands of port writes")
+    }
+}
+
+extension LinuxGuestTests {
+    /// The same kernel on the PIT emulated in this process (`--pit emulated`): it must drive the
+    /// kernel's timer interrupt (IRQ 0 through the in-kernel PIC) well enough to boot to the shell.
+    @Test(.timeLimit(.minutes(20)))
+    func emulatedPITDrivesTheTimerInterrupt() throws {
+        let assets = try GuestAssets.testKernel()
+        let session = try LinuxSession(
+            LinuxGuestConfiguration(
+                kernelPath: assets.kernel, initrdPath: assets.initrd, commandLine: "console=ttyS0 reboot=k panic=-1 quiet",
+                memorySize: 128 << 20, pit: .emulated, timeLimit: .seconds(1200)))
+        defer { session.stop() }
+        try session.waitFor("SWIFTKVM-INIT-READY", timeout: .seconds(900))
+        try session.waitFor("# ", timeout: .seconds(300))
+        session.send("grep -c . /proc/interrupts; cat /proc/interrupts; echo IRQ-$((1 + 1))")
+        let interrupts = try session.waitFor("IRQ-2", timeout: .seconds(300))
+        // Lines end in "\r\n", a single Character in Swift: split on newlines, not on "\n".
+        let timerLine = interrupts.split(whereSeparator: \.isNewline).first { $0.contains("XT-PIC") && $0.contains("timer") } ?? ""
+        let count = timerLine.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+        #expect(timerLine.hasPrefix("  0:"), "IRQ 0 is the timer: \(timerLine)")
+        #expect(count > 100, "IRQ 0 fired \(count) times: \(timerLine)")
+        session.send("reboot -f")
+        #expect(try session.waitForEnd(timeout: .seconds(300)).outcome == .rebooted)
+    }
+}
+
+/// The guest kernels `make guest` builds into the cache (`SWIFTKVM_CACHE`, default /var/cache/swiftkvm).
+enum GuestAssets {
+    static var cache: String { getenv("SWIFTKVM_CACHE").map { String(cString: $0) } ?? "/var/cache/swiftkvm" }
+    static var present: Bool { access("\(cache)/test-kernel/bzImage", R_OK) == 0 && access("\(cache)/test-initramfs.cpio", R_OK) == 0 }
+    /// In CI the assets and /dev/kvm must be there (`make test` builds them): a missing one fails.
+    static var shouldRun: Bool { KVMAvailability.isCI || (present && KVMSystem.deviceExists) }
+    static let skipReason: Comment = "the test kernel is not in the cache (run `make guest`) or /dev/kvm is absent, and CI is unset"
+
+    static func testKernel() throws -> (kernel: String, initrd: String, release: String) {
+        let kernel = "\(cache)/test-kernel/bzImage"
+        let initrd = "\(cache)/test-initramfs.cpio"
+        let releaseBytes = try readHostFile("\(cache)/test-kernel/release")
+        let release = String(decoding: releaseBytes, as: UTF8.self).split(whereSeparator: \.isWhitespace).first.map(String.init)
+        return (kernel, initrd, release ?? "")
+    }
+}
+
