@@ -96,8 +96,7 @@ public final class LinuxSession: @unchecked Sendable {
 
     /// Waits for the guest to end and returns its report; on timeout the guest is stopped.
     public func waitForEnd(timeout: Duration) throws(VMMError) -> RunReport {
-        let nanoseconds = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
-        if ended.wait(timeout: .now() + .nanoseconds(Int(max(0, nanoseconds)))) == .timedOut {
+        if ended.wait(timeout: .after(timeout)) == .timedOut {
             guest.machine.requestStop(.timedOut)
             ended.wait()
         }

@@ -136,9 +136,7 @@ public final class Machine: @unchecked Sendable {
         // run is over; until then wait for it, or for the deadline.
         var remaining = started.count
         if let timeLimit {
-            let nanoseconds = max(0, timeLimit.components.seconds * 1_000_000_000 + timeLimit.components.attoseconds / 1_000_000_000)
-            let deadline = DispatchTime.now() + .nanoseconds(Int(min(nanoseconds, Int64(Int.max))))
-            if finished.wait(timeout: deadline) == .success { remaining -= 1 } else { requestStop(.timedOut) }
+            if finished.wait(timeout: .after(timeLimit)) == .success { remaining -= 1 } else { requestStop(.timedOut) }
         } else {
             finished.wait()
             remaining -= 1

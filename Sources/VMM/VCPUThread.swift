@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import KVM
 
@@ -41,5 +42,16 @@ final class VCPUThread: @unchecked Sendable {
     /// Lets the thread run on unjoined; its resources go when it ends. Instead of `join`.
     func detach() {
         pthread_detach(handle)
+    }
+}
+
+extension DispatchTime {
+    /// `duration` from now, for Dispatch waits; negative durations mean now, and an overflowing
+    /// `seconds * 10^9` (a limit of centuries) saturates.
+    static func after(_ duration: Duration) -> DispatchTime {
+        let (seconds, attoseconds) = duration.components
+        let (whole, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        let nanoseconds = overflow ? Int64.max : whole.addingReportingOverflow(attoseconds / 1_000_000_000).partialValue
+        return .now() + .nanoseconds(Int(max(0, nanoseconds)))
     }
 }
