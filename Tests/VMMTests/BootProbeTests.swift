@@ -1,0 +1,164 @@
+import Glibc
+import Testing
+import VMM
+
+/// Boots Firmware/build/boot-probe.bin — a 5 KiB guest shaped like a bzImage (real setup header,
+/// protocol 2.15, XLF_KERNEL_64) — through the Linux loader, exactly as a kernel would be booted.
+/// The probe checks what it was handed (zero page, command line, e820, initrd, CPU state, serial
+/// port) and prints one `PROBE ok NAME` / `PROBE FAIL NAME got=...` line per check, `PROBE value`
+/// lines for what only the host can judge, then `PROBE DONE` and an i8042 reset.
+@Suite(.enabled(if: KVMAvailability.shouldRun, KVMAvailability.skipReason))
+struct BootProbeTests {
+    static var probePath: String { "\(Firmware.directory)/boot-probe.bin" }
+    static let commandLine = "probe-marker=1234 console=ttyS0"
+    static let memorySize = 64 << 20
+
+    /// Every check the probe makes; each must print `PROBE ok NAME`.
+    static let checks = [
+        "entry-address", "image-loaded-whole",
+        "zero-page-address", "zero-page-signature", "zero-page-version", "zero-page-init-size",
+        "type-of-loader", "loadflags-loaded-high", "sentinel-clear",
+        "cmdline-pointer", "cmdline-marker", "cmdline-terminated",
+        "e820-entries", "e820-ram-covers-kernel",
+        "initrd-present", "initrd-page-aligned", "initrd-above-kernel", "initrd-in-ram", "initrd-pattern",
+        "cs-selector", "ds-selector", "es-selector", "ss-selector",
+        "cr0-pg-pe", "cr4-pae", "efer-lma", "rflags-if-clear",
+        "serial-lsr-idle", "serial-scratch",
+    ]
+
+    /// The initrd: the marker the probe compares, then bytes that make the checksum non-trivial.
+    static func initrdBytes(count: Int) -> [UInt8] {
+        var bytes = Array("PROBE-INITRD-OK!".utf8)
+        var state: UInt32 = 0x1234_5678
+        while bytes.count < count {
+            state = state &* 1_103_515_245 &+ 12345
+            bytes.append(UInt8(truncatingIfNeeded: state >> 16))
+        }
+        return Array(bytes.prefix(count))
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func probeAcceptsTheBootProtocolAsLinuxWould() throws {
+        let initrd = Self.initrdBytes(count: 10_000)
+        let initrdFile = try TemporaryFile(contents: initrd)
+        defer { initrdFile.remove() }
+
+        let clock = ContinuousClock()
+        let start = clock.now
+        let session: LinuxSession
+        do {
+            session = try LinuxSession(
+                LinuxGuestConfiguration(
+                    kernelPath: Self.probePath, initrdPath: initrdFile.path, commandLine: Self.commandLine,
+                    memorySize: Self.memorySize, timeLimit: .seconds(120)))
+        } catch {
+            Issue.record("\(error) — run `make -C Firmware` first")
+            throw error
+        }
+        defer { session.stop() }
+        try session.waitFor("PROBE DONE", timeout: .seconds(100))
+        let report = try session.waitForEnd(timeout: .seconds(20))
+        let elapsed = clock.now - start
+        print("boot-probe: \(elapsed) from configuration to reset, \(report.duration) of guest run time")
+
+        let output = session.output
+        let lines = output.split(whereSeparator: \.isNewline).map(String.init)
+        #expect(report.outcome == .rebooted, "\(report.outcome); output: \(output)")
+        #expect(lines.first == "PROBE start boot-probe", "\(output)")
+        #expect(!lines.contains { $0.hasPrefix("PROBE FAIL") }, "\(output)")
+        for check in Self.checks {
+            #expect(lines.contains("PROBE ok \(check)"), "no 'PROBE ok \(check)' in: \(output)")
+        }
+        #expect(lines.contains("PROBE DONE failures=\(Self.hex(0))"), "\(output)")
+        #expect(lines.contains("PROBE cmdline \(Self.commandLine)"), "\(output)")
+
+        // What only the host can judge.
+        var values: [String: UInt64] = [:]
+        for line in lines where line.hasPrefix("PROBE value ") {
+            let words = line.split(separator: " ")
+            if words.count == 4, words[3].hasPrefix("0x"), let value = UInt64(words[3].dropFirst(2), radix: 16) {
+                values[String(words[2])] = value
+            }
+        }
+        // 64 MiB in one region: RAM 0 ..< 0x9FC00 and 1 MiB ..< 64 MiB, the legacy hole reserved.
+        let expectedRAM = UInt64(0x9_FC00) + UInt64(Self.memorySize - 0x10_0000)
+        #expect(values["e820-ram-total"] == expectedRAM, "\(output)")
+        #expect(values["e820-ram-total"] == session.guest.bootInfo.e820.ramSize)
+        #expect(values["e820-entries"] == UInt64(session.guest.bootInfo.e820.entries.count))
+        #expect(values["e820-entries"] == 3)
+        let sum = initrd.prefix(256).reduce(UInt32(0)) { $0 &+ UInt32($1) }
+        #expect(values["initrd-sum"] == UInt64(sum), "\(output)")
+        #expect(values["initrd-size"] == UInt64(initrd.count))
+        #expect(values["initrd-address"] == session.guest.bootInfo.initrd?.address.rawValue)
+        // The loader places the initrd as high as it goes: the last page-aligned spot below 64 MiB.
+        #expect(values["initrd-address"] == (UInt64(Self.memorySize) - UInt64(initrd.count)) & ~0xFFF)
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func anInitrdTooBigForMemoryIsACleanError() throws {
+        // 70 MiB (sparse) into 64 MiB of guest memory.
+        let initrdFile = try TemporaryFile(contents: Self.initrdBytes(count: 4096), size: 70 << 20)
+        defer { initrdFile.remove() }
+        let error = #expect(throws: VMMError.self) {
+            let session = try LinuxSession(
+                LinuxGuestConfiguration(
+                    kernelPath: Self.probePath, initrdPath: initrdFile.path, commandLine: Self.commandLine,
+                    memorySize: Self.memorySize, timeLimit: .seconds(30)))
+            session.stop()
+        }
+        let description = error?.description ?? ""
+        #expect(description.contains("initrd") && description.contains("does not fit"), "\(description)")
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aTruncatedImageIsACleanError() throws {
+        let image = try readHostFile(Self.probePath)
+        #expect(image.count == 0x1400)
+        let truncated = try TemporaryFile(contents: Array(image.prefix(image.count - 100)))
+        defer { truncated.remove() }
+        let error = #expect(throws: VMMError.self) {
+            let session = try LinuxSession(
+                LinuxGuestConfiguration(
+                    kernelPath: truncated.path, commandLine: Self.commandLine, memorySize: Self.memorySize,
+                    timeLimit: .seconds(30)))
+            session.stop()
+        }
+        let description = error?.description ?? ""
+        #expect(description.contains("truncated"), "\(description)")
+    }
+
+    static func hex(_ value: UInt64) -> String {
+        let digits = String(value, radix: 16, uppercase: true)
+        return "0x" + String(repeating: "0", count: max(0, 16 - digits.count)) + digits
+    }
+}
+
+extension BootProbeTests {
+    /// A file in /tmp holding `contents`, extended with zeros (a hole) to `size` bytes if that is larger.
+    struct TemporaryFile {
+        let path: String
+
+        init(contents: [UInt8], size: Int = 0) throws {
+            var template = Array("/tmp/swiftkvm-boot-probe-XXXXXX".utf8CString)
+            let descriptor = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+            guard descriptor >= 0 else { throw VMMError.system(call: "mkstemp", errno: errno) }
+            defer { close(descriptor) }
+            path = String(cString: template)
+            var written = 0
+            while written < contents.count {
+                let result = contents[written...].withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+                guard result > 0 else {
+                    unlink(path)
+                    throw VMMError.system(call: "write", errno: errno)
+                }
+                written += result
+            }
+            if size > contents.count, ftruncate(descriptor, off_t(size)) != 0 {
+                unlink(path)
+                throw VMMError.system(call: "ftruncate", errno: errno)
+            }
+        }
+
+        func remove() { unlink(path) }
+    }
+}
