@@ -96,6 +96,29 @@ struct BootProbeTests {
         #expect(values["initrd-address"] == (UInt64(Self.memorySize) - UInt64(initrd.count)) & ~0xFFF)
     }
 
+    /// With 4 GiB, the RAM past 3 GiB sits above 4 GiB: the guest's e820 says so, and the 32-bit
+    /// MMIO hole is not RAM.
+    @Test(.timeLimit(.minutes(20)))
+    func memoryAboveThreeGiBMovesAboveFourGiB() throws {
+        let initrdFile = try TemporaryFile(contents: Self.initrdBytes(count: 4096))
+        defer { initrdFile.remove() }
+        let session = try LinuxSession(
+            LinuxGuestConfiguration(
+                kernelPath: Self.probePath, initrdPath: initrdFile.path, commandLine: Self.commandLine,
+                memorySize: 4 << 30, timeLimit: .seconds(120)))
+        defer { session.stop() }
+        try session.waitFor("PROBE DONE", timeout: .seconds(100))
+        #expect(try session.waitForEnd(timeout: .seconds(20)).outcome == .rebooted)
+        let lines = session.output.split(whereSeparator: \.isNewline).map(String.init)
+        #expect(!lines.contains { $0.hasPrefix("PROBE FAIL") }, "\(session.output)")
+        // 0 ..< 0x9FC00, 1 MiB ..< 3 GiB and 4 GiB ..< 5 GiB are RAM; the legacy hole is reserved.
+        #expect(lines.contains("PROBE value e820-entries \(Self.hex(4))"), "\(session.output)")
+        #expect(lines.contains("PROBE value e820-ram-total \(Self.hex(0x9_FC00 + (0xC000_0000 - 0x10_0000) + 0x4000_0000))"))
+        let ram = session.guest.bootInfo.e820.ramEntries
+        #expect(ram.contains { $0.address == GuestAddress(0x1_0000_0000) && $0.size == 0x4000_0000 })
+        #expect(!ram.contains { $0.range.overlaps(GuestAddress(0xC000_0000)..<GuestAddress(0x1_0000_0000)) })
+    }
+
     @Test(.timeLimit(.minutes(20)))
     func anInitrdTooBigForMemoryIsACleanError() throws {
         // 70 MiB (sparse) into 64 MiB of guest memory.
