@@ -46,9 +46,10 @@ baseline: deps
 guest: deps
 	$(MAKE) -C Firmware/linux all
 
-# What the tests boot: the small test kernel and its busybox initramfs.
+# What the tests use: the small test kernel and its busybox initramfs (booted), and Debian's stock
+# kernel (parsed and loaded by the loader tests; booted only on hardware KVM).
 test-guest: deps
-	$(MAKE) -C Firmware/linux test-kernel test-initramfs
+	$(MAKE) -C Firmware/linux test-kernel test-initramfs stock
 
 test: deps firmware test-guest
 	$(SWIFT) build --build-tests
