@@ -6,6 +6,7 @@
 #   make firmware   assemble the unit guests in Firmware/ into Firmware/build/*.bin
 #   make guest      build the guest kernels and initramfs images into $(SWIFTKVM_CACHE)
 #   make bench      measure swiftkvm against the C baseline, side by side
+#   make bench-linux  boot the test kernel under swiftkvm and QEMU microvm, alternating
 #   make firmware-demo  run a firmware guest in each CPU mode
 #   make clean
 
@@ -18,7 +19,7 @@ export SWIFTKVM_CACHE ?= /var/cache/swiftkvm
 # Debian packages the build and the tests use. Installed only when missing.
 DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev
 
-.PHONY: all build release firmware baseline guest test-guest test bench demo firmware-demo deps clean
+.PHONY: all build release firmware baseline guest test-guest test bench bench-linux qemu demo firmware-demo deps clean
 
 all: build firmware
 
@@ -34,7 +35,8 @@ build: deps
 	$(SWIFT) build --product swiftkvm
 
 release: deps
-	$(SWIFT) build -c release --product swiftkvm --product swiftkvm-bench
+	$(SWIFT) build -c release --product swiftkvm
+	$(SWIFT) build -c release --product swiftkvm-bench
 
 firmware: deps
 	$(MAKE) -C Firmware
@@ -57,6 +59,14 @@ test: deps firmware test-guest
 
 bench: release firmware baseline
 	.build/release/swiftkvm-bench $(BENCH_FLAGS)
+
+qemu:
+	@command -v qemu-system-x86_64 >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-system-x86; }
+
+# Linux boot, swiftkvm against QEMU microvm on the same kernel and initramfs (minutes per round here).
+bench-linux: release test-guest qemu
+	python3 Benchmarks/linux-boot.py $(BENCH_LINUX_FLAGS)
 
 # Boots Linux to a busybox shell on this terminal (Ctrl-A x quits). Hosts whose KVM emulates guest
 # ring 0 (KVM-PVM) get the small test kernel built for them; hardware KVM gets Debian's stock kernel.
