@@ -64,9 +64,8 @@ public final class ConsoleInputPump: @unchecked Sendable {
 
     /// Starts the reader thread. It ends at end of input, on a read error, or after `stop()` once
     /// input arrives (a blocked `read` cannot be interrupted portably; the thread is detached).
-    public func start(descriptor: Int32 = STDIN_FILENO) {
-        let thread = Thread { [self] in pump(descriptor) }
-        thread.start()
+    public func start(descriptor: Int32 = STDIN_FILENO) throws(VMMError) {
+        try OSThread.detached(name: "console-input") { [self] in pump(descriptor) }
     }
 
     public func stop() { stopped.store(true, ordering: .relaxed) }
@@ -100,36 +99,18 @@ public final class ConsoleInputPump: @unchecked Sendable {
         }
     }
 
-    /// Hands everything to the sink, waiting 1 ms at a time while the guest's FIFO is full.
     private func deliver(_ bytes: [UInt8]) {
+        Self.feed(bytes, to: sink, until: { stopped.load(ordering: .relaxed) })
+    }
+
+    /// Hands all of `bytes` to `sink`, waiting 1 ms at a time while the guest's FIFO is full, until
+    /// everything is taken or `giveUp` says so.
+    static func feed(_ bytes: [UInt8], to sink: Sink, until giveUp: () -> Bool) {
         var rest = bytes[...]
-        while !rest.isEmpty, !stopped.load(ordering: .relaxed) {
+        while !rest.isEmpty, !giveUp() {
             let taken = sink(Array(rest))
             rest = rest.dropFirst(max(0, min(taken, rest.count)))
             if !rest.isEmpty { usleep(1000) }
-        }
-    }
-}
-
-/// A detached OS thread running a closure (for host-side helpers such as the console reader; vCPUs
-/// use `VCPUThread`).
-final class Thread {
-    private let body: () -> Void
-    init(_ body: @escaping () -> Void) { self.body = body }
-
-    func start() {
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var handle: pthread_t = 0
-        let result = pthread_create(&handle, nil, { argument in
-            guard let argument else { return nil }
-            let thread = Unmanaged<Thread>.fromOpaque(argument).takeRetainedValue()
-            thread.body()
-            return nil
-        }, context)
-        if result == 0 {
-            pthread_detach(handle)
-        } else {
-            Unmanaged<Thread>.fromOpaque(context).release()
         }
     }
 }

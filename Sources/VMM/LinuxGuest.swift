@@ -182,7 +182,7 @@ public final class LinuxGuest: @unchecked Sendable {
     /// Runs the guest until it ends (reboot, shutdown, a stop request) or the time limit passes.
     public func run() throws(VMMError) -> RunReport {
         let timer = emulatedPIT.map { PITTimerThread(pit: $0, clock: clock) }
-        timer?.start()
+        try timer?.start()
         defer { timer?.stop() }
         return try machine.run(timeLimit: configuration.timeLimit)
     }
@@ -226,9 +226,8 @@ final class PITTimerThread: @unchecked Sendable {
         self.clock = clock
     }
 
-    func start() {
-        Thread { [self] in
-            Kick.nameCurrentThread("pit")
+    func start() throws(VMMError) {
+        try OSThread.detached(name: "pit") { [self] in
             while running.load(ordering: .relaxed) {
                 let now = clock.nanoseconds
                 let next = pit.nextDeadline ?? now + 10_000_000
@@ -240,7 +239,7 @@ final class PITTimerThread: @unchecked Sendable {
                 pit.advance(to: clock.nanoseconds)
             }
             finished.signal()
-        }.start()
+        }
     }
 
     func stop() {

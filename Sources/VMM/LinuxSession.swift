@@ -39,7 +39,7 @@ public final class LinuxSession: @unchecked Sendable {
         var sink: ((UInt8) -> Void)?
         guest = try LinuxGuest(configuration) { byte in sink?(byte) }
         sink = { [unowned self] byte in self.state.withLock { $0.output.append(byte) } }
-        Thread { [self] in
+        try OSThread.detached(name: "linux-session") { [self] in
             let result = Result { () throws(VMMError) -> RunReport in try guest.run() }
             state.withLock { current in
                 switch result {
@@ -48,7 +48,7 @@ public final class LinuxSession: @unchecked Sendable {
                 }
             }
             ended.signal()
-        }.start()
+        }
     }
 
     /// Everything the guest printed so far.
@@ -83,15 +83,9 @@ public final class LinuxSession: @unchecked Sendable {
     public func send(_ line: String, newline: Bool = true) {
         var bytes = Array(line.utf8)
         if newline { bytes.append(0x0D) }
-        var rest = bytes[...]
-        while !rest.isEmpty {
-            let taken = guest.serial.enqueueInput(rest)
-            rest = rest.dropFirst(taken)
-            if !rest.isEmpty {
-                if state.withLock({ $0.report != nil || $0.error != nil }) { return }
-                usleep(1000)
-            }
-        }
+        ConsoleInputPump.feed(bytes, to: { [guest] in guest.serial.enqueueInput($0) }, until: {
+            state.withLock { $0.report != nil || $0.error != nil }
+        })
     }
 
     /// Waits for the guest to end and returns its report; on timeout the guest is stopped.

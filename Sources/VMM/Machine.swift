@@ -110,11 +110,11 @@ public final class Machine: @unchecked Sendable {
         let results = Mutex<[Int: (ExitStatistics, Registers?, SpecialRegisters?)]>([:])
         let clock = ContinuousClock()
         let start = clock.now
-        var started: [VCPUThread] = []
+        var started: [OSThread] = []
         for (index, vcpu) in vcpus.enumerated() {
-            let thread: VCPUThread
+            let thread: OSThread
             do {
-                thread = try VCPUThread(name: "vcpu\(index)") { [self] in
+                thread = try OSThread(name: "vcpu\(index)") { [self] in
                     let statistics = runLoop(vcpu)
                     let registers = try? vcpu.registers()
                     let special = try? vcpu.specialRegisters()

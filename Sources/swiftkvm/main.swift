@@ -127,7 +127,10 @@ struct Run: ParsableCommand {
         let input = ConsoleInputPump(
             interpretEscape: terminal.isTerminal, sink: { guest.serial.enqueueInput($0) },
             onQuit: { [machine = guest.machine] in machine.requestStop(.stopped) })
-        input.start()
+        do { try input.start() } catch {
+            HostTerminal.restore()
+            throw RuntimeFailure("\(error)")
+        }
         let report: RunReport
         do {
             report = try guest.run()

@@ -27,7 +27,7 @@ struct ConsoleInputPumpTests {
         let pump = ConsoleInputPump(
             interpretEscape: escape, sink: { recorder.take($0) },
             onQuit: { recorder.quits.add(1, ordering: .relaxed); done.store(true, ordering: .relaxed) })
-        pump.start(descriptor: ends[0])
+        try pump.start(descriptor: ends[0])
         _ = input.withUnsafeBytes { write(ends[1], $0.baseAddress, $0.count) }
         close(ends[1])
         // The pump ends at end of input; give it up to 5 s.

@@ -2,11 +2,12 @@ import Dispatch
 import Glibc
 import KVM
 
-/// An OS thread that runs one vCPU, created for it and named after it (`vcpu0`, …).
+/// A named OS thread running a closure: each vCPU (`vcpu0`, …) and each host-side helper (the
+/// console reader, the PIT timer, a session's runner) gets one.
 ///
 /// KVM_RUN blocks for as long as the guest runs, so it must never run on Swift's cooperative thread
 /// pool; each vCPU gets a thread of its own, the only thread that touches that vCPU apart from kicks.
-final class VCPUThread: @unchecked Sendable {
+final class OSThread: @unchecked Sendable {
     private(set) var handle: pthread_t = 0
 
     private final class Start {
@@ -42,6 +43,11 @@ final class VCPUThread: @unchecked Sendable {
     /// Lets the thread run on unjoined; its resources go when it ends. Instead of `join`.
     func detach() {
         pthread_detach(handle)
+    }
+
+    /// Starts a thread nobody joins.
+    static func detached(name: String, body: @escaping () -> Void) throws(VMMError) {
+        try OSThread(name: name, body: body).detach()
     }
 }
 
