@@ -2,9 +2,9 @@
 import PackageDescription
 
 // Targets follow the direction of dependencies described in docs/architecture.md:
-//   CKVM ← KVM ← VMM → Devices, LinuxBoot → VMMCore
+//   CKVM ← KVM ← VMM → Devices, LinuxBoot, Virtio → VMMCore
 // Only KVM calls into CKVM's ioctls; Devices and VMMCore never see /dev/kvm, so they (and the
-// loader and virtqueue code to come) are testable anywhere.
+// loader and the virtqueue code) are testable anywhere.
 let package = Package(
     name: "SwiftKVM",
     products: [
@@ -21,7 +21,8 @@ let package = Package(
         .target(name: "VMMCore"),
         .target(name: "Devices", dependencies: ["VMMCore"]),
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
-        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "Devices", "LinuxBoot"]),
+        .target(name: "Virtio", dependencies: ["VMMCore"]),
+        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "Devices", "LinuxBoot", "Virtio"]),
         .executableTarget(
             name: "swiftkvm",
             dependencies: ["VMM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -31,6 +32,7 @@ let package = Package(
         .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VMMCore"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
         .testTarget(name: "CLITests", dependencies: []),
     ],
