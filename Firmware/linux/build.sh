@@ -136,7 +136,7 @@ extract_busybox() {
 APPLETS="sh ash cat echo printf ls mount umount mkdir rmdir rm cp mv ln chmod touch
 	uname head tail grep sed awk wc sort cut tr tee xargs find which env test [ true false
 	sleep date ps kill dmesg free uptime sync dd od hexdump stty tty clear setsid cttyhack
-	reboot poweroff halt insmod lsmod mknod mdev hostname id"
+	reboot poweroff halt insmod lsmod mknod mdev hostname id md5sum cmp blockdev"
 
 # Write the common part of a busybox initramfs list to stdout.
 busybox_list() { # busybox_list BUSYBOX INIT

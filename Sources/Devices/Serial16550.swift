@@ -99,6 +99,15 @@ public final class Serial16550: BusDevice, @unchecked Sendable {
         }
     }
 
+    /// Whether the guest's driver is reading the port: received-data interrupts enabled, no
+    /// loopback. Linux's 8250 driver enables them when the tty is opened (`serial8250_startup`),
+    /// after clearing the FIFOs, so input offered before then would be thrown away.
+    public var isReceiving: Bool {
+        state.withLock { state in
+            !state.isLoopback && state.interruptEnable & Self.ierReceivedData != 0
+        }
+    }
+
     /// How many bytes `enqueueInput` would accept now (0 in loopback mode).
     public var inputCapacityRemaining: Int {
         state.withLock { state in

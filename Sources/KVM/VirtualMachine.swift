@@ -60,6 +60,32 @@ public final class VirtualMachine: @unchecked Sendable {
         _ = try descriptor.ioctl(CKVM_IRQ_LINE, &level, "KVM_IRQ_LINE")
     }
 
+    /// KVM_IOEVENTFD: from now on a guest write of `length` bytes to MMIO `address` (or, with
+    /// `datamatch`, only a write of that value) signals `event` inside KVM and the vCPU carries on
+    /// without an exit to user space. Used for virtio queue notifications.
+    public func registerIOEventFD(_ event: EventFD, mmioAddress address: UInt64, length: UInt32, datamatch: UInt64? = nil)
+        throws(KVMError)
+    {
+        var request = kvm_ioeventfd()
+        request.addr = address
+        request.len = length
+        request.fd = event.descriptor
+        if let datamatch {
+            request.datamatch = datamatch
+            request.flags = UInt32(1 << kvm_ioeventfd_flag_nr_datamatch)
+        }
+        _ = try descriptor.ioctl(CKVM_IOEVENTFD, &request, "KVM_IOEVENTFD")
+    }
+
+    /// KVM_IRQFD: from now on signalling `event` makes KVM pulse interrupt input `gsi` (an edge
+    /// on the in-kernel PIC and IOAPIC), without an ioctl from us.
+    public func registerIRQFD(_ event: EventFD, gsi: UInt32) throws(KVMError) {
+        var request = kvm_irqfd()
+        request.fd = UInt32(bitPattern: event.descriptor)
+        request.gsi = gsi
+        _ = try descriptor.ioctl(CKVM_IRQFD, &request, "KVM_IRQFD")
+    }
+
     /// KVM_CREATE_VCPU: vCPU number `id`, with its `kvm_run` area mapped.
     public func makeVCPU(id: UInt32) throws(KVMError) -> VCPU {
         let fd = try descriptor.ioctl(CKVM_CREATE_VCPU, value: UInt(id), "KVM_CREATE_VCPU")

@@ -5,6 +5,7 @@ import KVM
 import LinuxBoot
 import Synchronization
 import VMMCore
+import Virtio
 
 /// Which 8254 PIT the guest gets.
 public enum PITChoice: String, CaseIterable, Sendable {
@@ -23,6 +24,8 @@ public struct LinuxGuestConfiguration: Sendable {
     public var cpus: Int
     public var pit: PITChoice
     public var cpuid: CPUIDPolicy
+    /// virtio-blk disks, in order: /dev/vda, /dev/vdb, …
+    public var disks: [DiskConfiguration]
     /// After this long the vCPUs are kicked and the outcome is `.timedOut`; nil runs until the guest ends.
     public var timeLimit: Duration?
 
@@ -34,7 +37,7 @@ public struct LinuxGuestConfiguration: Sendable {
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = LinuxGuestConfiguration.defaultCommandLine,
         memorySize: Int = LinuxGuestConfiguration.defaultMemorySize, cpus: Int = 1, pit: PITChoice = .kvm,
-        cpuid: CPUIDPolicy = CPUIDPolicy(), timeLimit: Duration? = nil
+        cpuid: CPUIDPolicy = CPUIDPolicy(), disks: [DiskConfiguration] = [], timeLimit: Duration? = nil
     ) {
         self.kernelPath = kernelPath
         self.initrdPath = initrdPath
@@ -43,19 +46,26 @@ public struct LinuxGuestConfiguration: Sendable {
         self.cpus = cpus
         self.pit = pit
         self.cpuid = cpuid
+        self.disks = disks
         self.timeLimit = timeLimit
     }
 }
 
 /// A Linux guest: a bzImage loaded by the x86 boot protocol into a machine with the in-kernel
-/// interrupt controllers, a 16550A on COM1, an 8254 PIT and an i8042 for `reboot=k`.
+/// interrupt controllers, a 16550A on COM1, an 8254 PIT, an i8042 for `reboot=k`, and virtio-blk
+/// disks on virtio-mmio (announced with `virtio_mmio.device=` on the command line).
 public final class LinuxGuest: @unchecked Sendable {
     public let configuration: LinuxGuestConfiguration
     public let machine: Machine
     /// COM1: guest output goes to the `console` closure, `serial.enqueueInput` feeds the guest.
     public let serial: Serial16550
     public let bootInfo: LinuxBootInfo
+    /// The virtio-blk devices, in --disk order, and where each sits.
+    public let disks: [(device: VirtioBlock, location: VirtioMMIODeviceDescription)]
+    /// The command line the kernel was given: the user's, plus the virtio-mmio devices.
+    public let commandLine: String
     private let emulatedPIT: PIT8254?
+    private let diskRunners: [VirtioDeviceRunner]
     private let clock = MonotonicClock()
 
     /// Everything up to the first instruction: files read and checked, memory laid out, kernel,
@@ -74,10 +84,24 @@ public final class LinuxGuest: @unchecked Sendable {
         }
         var initrd: [UInt8]?
         if let path = configuration.initrdPath { initrd = try readHostFile(path) }
+        // Disks are opened before anything else is set up, so a bad one is reported before boot.
+        guard configuration.disks.count <= VirtioMMIOLayout.interrupts.count else {
+            throw .configuration("at most \(VirtioMMIOLayout.interrupts.count) disks are supported, not \(configuration.disks.count)")
+        }
+        var storages: [FileBlockStorage] = []
+        for disk in configuration.disks {
+            do { storages.append(try FileBlockStorage(path: disk.path, readOnly: disk.readOnly)) } catch {
+                throw .configuration(error.description)
+            }
+        }
+        let locations = configuration.disks.indices.compactMap(VirtioMMIOLayout.device)
+        let fullCommandLine = ([configuration.commandLine] + locations.map(\.commandLineArgument)).filter { !$0.isEmpty }
+            .joined(separator: " ")
         let commandLine: KernelCommandLine
-        do { commandLine = try KernelCommandLine(configuration.commandLine, maximumLength: Int(kernel.commandLineSize)) } catch {
+        do { commandLine = try KernelCommandLine(fullCommandLine, maximumLength: Int(kernel.commandLineSize)) } catch {
             throw .configuration(error.description)
         }
+        self.commandLine = fullCommandLine
 
         let system: KVMSystem
         let supported: [CPUIDEntry]
@@ -139,6 +163,16 @@ public final class LinuxGuest: @unchecked Sendable {
             emulatedPIT = nil
         }
 
+        var disks: [(device: VirtioBlock, location: VirtioMMIODeviceDescription)] = []
+        var runners: [VirtioDeviceRunner] = []
+        for (index, storage) in storages.enumerated() {
+            let device = VirtioBlock(storage: storage, identifier: "swiftkvm-vd\(Character(UnicodeScalar(UInt8(97 + index))))")
+            runners.append(try VirtioDeviceRunner(device: device, name: "virtio-blk\(index)", at: locations[index], in: machine))
+            disks.append((device, locations[index]))
+        }
+        self.disks = disks
+        diskRunners = runners
+
         for index in 0..<configuration.cpus {
             let entries = configuration.cpuid.entries(from: supported, vcpu: UInt32(index), of: UInt32(configuration.cpus))
             let vcpu = try machine.addVCPU(cpuid: entries)
@@ -180,10 +214,18 @@ public final class LinuxGuest: @unchecked Sendable {
     }
 
     /// Runs the guest until it ends (reboot, shutdown, a stop request) or the time limit passes.
+    ///
+    /// When it returns, every disk's I/O thread has finished and each disk file has been synced
+    /// and closed: whatever the guest wrote is on the host.
     public func run() throws(VMMError) -> RunReport {
         let timer = emulatedPIT.map { PITTimerThread(pit: $0, clock: clock) }
         try timer?.start()
         defer { timer?.stop() }
+        defer {
+            for runner in diskRunners { runner.stop() }
+            for disk in disks { (disk.device.storage as? FileBlockStorage)?.close() }
+        }
+        for runner in diskRunners { try runner.start() }
         return try machine.run(timeLimit: configuration.timeLimit)
     }
 }

@@ -79,11 +79,12 @@ public final class LinuxSession: @unchecked Sendable {
         }
     }
 
-    /// Types `line` and a carriage return into the guest's console (waiting while its FIFO is full).
+    /// Types `line` and a carriage return into the guest's console, waiting while its FIFO is full
+    /// or its driver is not reading the port yet.
     public func send(_ line: String, newline: Bool = true) {
         var bytes = Array(line.utf8)
         if newline { bytes.append(0x0D) }
-        ConsoleInputPump.feed(bytes, to: { [guest] in guest.serial.enqueueInput($0) }, until: {
+        ConsoleInputPump.feed(bytes, to: { [guest] in guest.serial.isReceiving ? guest.serial.enqueueInput($0) : 0 }, until: {
             state.withLock { $0.report != nil || $0.error != nil }
         })
     }

@@ -22,7 +22,8 @@ struct Run: ParsableCommand {
         discussion: """
             Linux: the serial console (COM1) is your terminal. When standard input is a terminal it is \
             put in raw mode; press Ctrl-A then x to quit. When it is a pipe or a file, its bytes are \
-            typed into the guest's console.
+            typed into the guest's console. Each --disk becomes a virtio-blk device on virtio-mmio, \
+            announced to the kernel with virtio_mmio.device= on its command line.
 
             Firmware: bytes written to COM1 appear on standard output; a byte written to port 0xF4 ends \
             the guest and becomes the exit status; HLT ends it with status 0.
@@ -33,6 +34,7 @@ struct Run: ParsableCommand {
 
             Examples:
               swiftkvm run --kernel bzImage --initrd initrd.img --cmdline "console=ttyS0"
+              swiftkvm run --kernel bzImage --disk rootfs.ext4 --cmdline "console=ttyS0 root=/dev/vda"
               swiftkvm run --firmware Firmware/build/hello-long.bin --mode long
             """)
 
@@ -44,6 +46,13 @@ struct Run: ParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("The kernel command line.", valueName: "text"))
     var cmdline: String = LinuxGuestConfiguration.defaultCommandLine
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "A disk image file for the guest, as virtio-blk: /dev/vda, then /dev/vdb, … (repeatable). Add ,readonly to keep the file unchanged.",
+            valueName: "file[,readonly]"))
+    var disk: [String] = []
 
     @Option(name: .long, help: "Number of vCPUs (Linux).")
     var cpus: Int = 1
@@ -109,9 +118,13 @@ struct Run: ParsableCommand {
         guard cpus >= 1 else { throw UsageError("--cpus must be at least 1") }
         let policy: CPUIDPolicy
         do { policy = try CPUIDPolicy(parsing: cpuFeatures) } catch { throw UsageError("\(error)") }
+        let disks: [DiskConfiguration]
+        do { disks = try disk.map { argument throws(VMMError) in try DiskConfiguration(argument: argument) } } catch {
+            throw UsageError(error.description)
+        }
         let configuration = LinuxGuestConfiguration(
             kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, memorySize: size, cpus: cpus, pit: pitChoice,
-            cpuid: policy, timeLimit: try parsedTimeLimit())
+            cpuid: policy, disks: disks, timeLimit: try parsedTimeLimit())
 
         let guest: LinuxGuest
         do {
@@ -125,7 +138,9 @@ struct Run: ParsableCommand {
         let terminal = HostTerminal()
         terminal.enterRawMode()
         let input = ConsoleInputPump(
-            interpretEscape: terminal.isTerminal, sink: { guest.serial.enqueueInput($0) },
+            // Held back until the guest's driver reads the port: a script piped in at once would
+            // otherwise land in a FIFO the kernel clears while it boots.
+            interpretEscape: terminal.isTerminal, sink: { guest.serial.isReceiving ? guest.serial.enqueueInput($0) : 0 },
             onQuit: { [machine = guest.machine] in machine.requestStop(.stopped) })
         do { try input.start() } catch {
             HostTerminal.restore()

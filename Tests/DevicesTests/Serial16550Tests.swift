@@ -200,6 +200,20 @@ private final class Harness {
         #expect(uart.read(lsr) & 0x01 == 0)
     }
 
+    @Test func isReceivingOnceTheDriverEnablesReceiveInterruptsAndNotInLoopback() {
+        let uart = Harness()
+        #expect(!uart.serial.isReceiving)  // a console-only port: nobody reads yet
+        uart.write(ier, 0x02)
+        #expect(!uart.serial.isReceiving)
+        uart.write(ier, 0x05)  // what serial8250_startup enables: RLSI | RDI
+        #expect(uart.serial.isReceiving)
+        uart.write(mcr, 0x10)
+        #expect(!uart.serial.isReceiving)
+        uart.write(mcr, 0x00)
+        uart.write(ier, 0x00)
+        #expect(!uart.serial.isReceiving)
+    }
+
     // MARK: Transmit and receive
 
     @Test func transmittedBytesGoToOutputInOrder() {

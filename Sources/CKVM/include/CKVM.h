@@ -10,6 +10,8 @@
 #include <linux/kvm.h>
 #include <stddef.h>
 #include <stdint.h>
+// eventfd(2), for ioeventfds and irqfds (glibc's Swift module map leaves it out).
+#include <sys/eventfd.h>
 
 // MARK: - ioctl request numbers (Documentation/virt/kvm/api.rst)
 

@@ -1,0 +1,125 @@
+import Glibc
+import KVM
+import Synchronization
+import VMMCore
+import Virtio
+
+/// A disk the user asked for: `--disk PATH[,readonly]`.
+public struct DiskConfiguration: Equatable, Sendable {
+    public var path: String
+    public var readOnly: Bool
+
+    public init(path: String, readOnly: Bool = false) {
+        self.path = path
+        self.readOnly = readOnly
+    }
+
+    /// Parses `PATH`, `PATH,readonly` or `PATH,ro`.
+    public init(argument: String) throws(VMMError) {
+        var parts = argument.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        let path = parts.removeFirst()
+        guard !path.isEmpty else { throw .configuration("--disk needs a file: --disk PATH[,readonly]") }
+        var readOnly = false
+        for option in parts {
+            switch option {
+            case "readonly", "ro": readOnly = true
+            default: throw .configuration("--disk \(argument): unknown option '\(option)' (the only one is readonly)")
+            }
+        }
+        self.init(path: path, readOnly: readOnly)
+    }
+}
+
+/// Where virtio-mmio devices sit: 4 KiB windows from 0xD000_0000, in the 32-bit MMIO hole below
+/// 4 GiB, each with its own legacy interrupt (routed to the 8259 PIC and the IOAPIC alike, so a
+/// kernel without ACPI or an MP table finds it too).
+public enum VirtioMMIOLayout {
+    public static let base: UInt64 = 0xD000_0000
+    /// IRQs no PC device of ours uses: 0 PIT, 1 keyboard, 2 cascade, 3/4 serial, 7 spurious, 8 RTC, 13 FPU.
+    public static let interrupts: [UInt32] = [5, 6, 9, 10, 11, 12, 14, 15]
+
+    /// The description of virtio-mmio device number `index`, or nil past the last free interrupt.
+    public static func device(_ index: Int) -> VirtioMMIODeviceDescription? {
+        guard index >= 0, index < interrupts.count else { return nil }
+        return VirtioMMIODeviceDescription(
+            base: base + UInt64(index) * VirtioMMIODeviceDescription.windowSize, irq: interrupts[index])
+    }
+}
+
+/// A virtio device in a running machine: its transport on the MMIO bus, its queue notifications
+/// arriving on eventfds that KVM signals (KVM_IOEVENTFD), its interrupts leaving through an irqfd,
+/// and a thread of its own doing the I/O, so no vCPU waits for the disk.
+final class VirtioDeviceRunner: @unchecked Sendable {
+    // @unchecked: `thread` is touched only by start() and stop(), called in that order by one thread.
+    let transport: VirtioMMIOTransport
+    let description: VirtioMMIODeviceDescription
+    let name: String
+    private let notifications: [EventFD]
+    private let stopEvent: EventFD
+    private let interruptEvent: EventFD
+    private var thread: OSThread?
+
+    init(device: any VirtioDevice, name: String, at description: VirtioMMIODeviceDescription, in machine: Machine)
+        throws(VMMError)
+    {
+        self.description = description
+        self.name = name
+        do {
+            notifications = try device.maximumQueueSizes.map { _ throws(KVMError) in try EventFD() }
+            stopEvent = try EventFD()
+            interruptEvent = try EventFD()
+            try machine.vm.registerIRQFD(interruptEvent, gsi: description.irq)
+        } catch {
+            throw .kvm(error)
+        }
+        transport = VirtioMMIOTransport(device: device, memory: machine.memory, interrupt: IRQFDTrigger(interruptEvent))
+        // A notify that reaches us as an MMIO exit (no ioeventfd) wakes the worker the same way.
+        transport.onNotify = { [notifications] index in
+            if index >= 0, index < notifications.count { notifications[index].signal() }
+        }
+        for (index, event) in notifications.enumerated() {
+            // Without ioeventfd support the notify still arrives, through the slower exit path above.
+            try? machine.vm.registerIOEventFD(
+                event, mmioAddress: description.base + VirtioMMIOTransport.queueNotifyOffset, length: 4,
+                datamatch: UInt64(index))
+        }
+        try machine.addMMIODevice(transport, at: GuestAddress(description.base), length: description.size)
+    }
+
+    /// Starts the I/O thread: it sleeps in poll(2) until a queue is notified or `stop` is called.
+    func start() throws(VMMError) {
+        let descriptors = notifications.map(\.descriptor) + [stopEvent.descriptor]
+        thread = try OSThread(name: name) { [self] in
+            var waiting = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            while true {
+                let ready = poll(&waiting, nfds_t(waiting.count), -1)
+                if ready < 0 {
+                    if errno == EINTR { continue }
+                    break
+                }
+                for (index, event) in notifications.enumerated() where waiting[index].revents != 0 {
+                    event.consume()
+                    transport.serve(queue: index)
+                }
+                if waiting[waiting.count - 1].revents != 0 { break }
+            }
+            // Serve what the guest made available before the stop, so no submitted write is dropped.
+            for index in notifications.indices { transport.serve(queue: index) }
+        }
+    }
+
+    /// Stops the I/O thread and waits for the request it is serving to finish.
+    func stop() {
+        guard let thread else { return }
+        stopEvent.signal()
+        thread.join()
+        self.thread = nil
+    }
+}
+
+/// A virtio interrupt edge: one write to an irqfd, and KVM injects it.
+final class IRQFDTrigger: InterruptTrigger, @unchecked Sendable {
+    let event: EventFD
+    init(_ event: EventFD) { self.event = event }
+    func trigger() { event.signal() }
+}
