@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build SwiftKVM's Linux guest assets into a cache outside the clone.
 #
-#   Firmware/linux/build.sh [test-kernel|test-initramfs|stock|all]...   (default: all)
+#   Firmware/linux/build.sh [test-kernel|test-initramfs|stock|rootfs|all]...   (default: all)
 #
 # Cache: ${SWIFTKVM_CACHE:-/var/cache/swiftkvm}
 #   test-kernel/{bzImage,vmlinux,config,key}   small kernel from linux-source-6.1 + patches/
@@ -9,6 +9,8 @@
 #   test-initramfs.cpio                        the same, uncompressed (boots faster on KVM-PVM)
 #   stock-kernel/{bzImage,config,version,key}  Debian's linux-image-amd64 kernel
 #   stock-initramfs.cpio.gz (+ .key)           busybox-static + virtio/ext4 modules, init/stock-init
+#   test-rootfs.ext4 (+ .key)                  ext4 root file system (busybox-static,
+#                                              init/rootfs-init) for root=/dev/vda
 #   debs/                                      downloaded .deb files
 #   build/                                     scratch (kernel tree; removed after a good build
 #                                              unless KEEP_BUILD=1)
@@ -378,6 +380,46 @@ build_stock() {
 	rm -rf "$tmp"
 }
 
+# --- (d) ext4 root file system ---------------------------------------------------------
+
+# 16 MiB: busybox (about 2 MB) and room for what tests write.
+ROOTFS_SIZE=16M
+# Fixed so the image is the same on every machine (mke2fs otherwise draws them at random).
+ROOTFS_UUID=5a1f7c3e-0b6d-4e2a-9c81-53d4b2a6e7f0
+
+build_rootfs() {
+	ensure_installed e2fsprogs
+	local key out="$CACHE/test-rootfs.ext4"
+	key=$(printf '%s\n' "busybox-static=$(busybox_version)" "applets=$APPLETS" "size=$ROOTFS_SIZE" \
+		"e2fsprogs=$(dpkg-query -W -f='${Version}' e2fsprogs)" |
+		make_key "$HERE/init/rootfs-init" "$HERE/build.sh")
+	if up_to_date "$out.key" "$key" "$out"; then
+		log "ext4 root image up to date: $out"
+		return
+	fi
+	local tmp bb a
+	tmp=$(mktemp -d "$CACHE/build/rootfs.XXXXXX")
+	bb=$(extract_busybox "$tmp/bb")
+	mkdir -p "$tmp/root"/{bin,sbin,dev,proc,sys,tmp,root,etc}
+	chmod 1777 "$tmp/root/tmp"
+	chmod 700 "$tmp/root/root"
+	cp "$bb" "$tmp/root/bin/busybox"
+	for a in $APPLETS; do ln -s busybox "$tmp/root/bin/$a"; done
+	install -m 755 "$HERE/init/rootfs-init" "$tmp/root/sbin/init"
+	echo "key ${key:0:12}" >"$tmp/root/etc/swiftkvm-rootfs"
+	# The kernel opens /dev/console before devtmpfs is mounted over /dev.
+	mknod -m 600 "$tmp/root/dev/console" c 5 1
+	rm -f "$out.tmp"
+	E2FSPROGS_FAKE_TIME=1700000000 mke2fs -q -F -t ext4 -L swiftkvm-root -U "$ROOTFS_UUID" \
+		-E "hash_seed=$ROOTFS_UUID,root_owner=0:0" -d "$tmp/root" "$out.tmp" "$ROOTFS_SIZE" ||
+		die "mke2fs failed"
+	e2fsck -fn "$out.tmp" >/dev/null 2>&1 || die "the new ext4 image fails e2fsck"
+	mv "$out.tmp" "$out"
+	echo "$key" >"$out.key"
+	rm -rf "$tmp"
+	log "ext4 root image: $out ($ROOTFS_SIZE)"
+}
+
 # --- main ---------------------------------------------------------------------------
 
 [ "$(id -u)" = 0 ] || [ -w "$CACHE" ] || die "run as root (apt-get) or make $CACHE writable"
@@ -392,7 +434,8 @@ for what in "$@"; do
 	test-kernel) build_test_kernel ;;
 	test-initramfs) build_test_initramfs ;;
 	stock) build_stock ;;
-	all) build_test_kernel; build_test_initramfs; build_stock ;;
-	*) die "unknown target $what (test-kernel, test-initramfs, stock, all)" ;;
+	rootfs) build_rootfs ;;
+	all) build_test_kernel; build_test_initramfs; build_stock; build_rootfs ;;
+	*) die "unknown target $what (test-kernel, test-initramfs, stock, rootfs, all)" ;;
 	esac
 done
