@@ -17,7 +17,7 @@ SWIFT ?= swift
 export SWIFTKVM_CACHE ?= /var/cache/swiftkvm
 
 # Debian packages the build and the tests use. Installed only when missing.
-DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev
+DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs
 
 .PHONY: all build release firmware baseline guest test-guest test bench bench-linux qemu demo firmware-demo deps clean
 
@@ -51,7 +51,7 @@ guest: deps
 # What the tests use: the small test kernel and its busybox initramfs (booted), and Debian's stock
 # kernel (parsed and loaded by the loader tests; booted only on hardware KVM).
 test-guest: deps
-	$(MAKE) -C Firmware/linux test-kernel test-initramfs stock
+	$(MAKE) -C Firmware/linux test-kernel test-initramfs stock rootfs
 
 test: deps firmware test-guest
 	$(SWIFT) build --build-tests

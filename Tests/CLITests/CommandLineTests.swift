@@ -97,10 +97,44 @@ import Testing
         }
     }
 
+    /// Disks are checked before anything boots: each problem is one line that names the file.
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: Paths.testKernel), "no test kernel in the cache (make guest)"))
+    func unusableDisksAreOneLineAndStatusTwo() throws {
+        let image = FileManager.default.temporaryDirectory.appendingPathComponent("swiftkvm-disk-\(getpid()).img")
+        #expect(FileManager.default.createFile(atPath: image.path, contents: Data(count: 4096), attributes: [.posixPermissions: 0o600]))
+        defer { try? FileManager.default.removeItem(at: image) }
+        for (options, message) in [
+            (["--disk", "/nonexistent/disk.img"], "swiftkvm: disk /nonexistent/disk.img: No such file or directory (give the path of a disk image file)"),
+            (["--disk", "/tmp"], "swiftkvm: disk /tmp: is a directory, not a disk image file"),
+            (["--disk", "/dev/null"], "swiftkvm: disk /dev/null: is not a regular file (disk images must be files)"),
+            (["--disk", "\(image.path),writeback"], "swiftkvm: --disk \(image.path),writeback: unknown option 'writeback' (the only one is readonly)"),
+            (["--disk", ",readonly"], "swiftkvm: --disk needs a file: --disk PATH[,readonly]"),
+            (Array(repeating: ["--disk", image.path], count: 9).flatMap { $0 }, "swiftkvm: at most 8 disks are supported, not 9"),
+        ] {
+            let result = try SwiftKVMProcess.run(["run", "--kernel", Paths.testKernel] + options)
+            #expect(result.status == 2, "\(options): \(result.stderr)")
+            #expect(result.stderrLines == [message], "\(options)")
+            #expect(result.stdout.isEmpty)
+        }
+    }
+
+    /// A disk image this user may not write: the error says so and suggests ,readonly.
+    @Test(.enabled(if: getuid() == 0 && FileManager.default.fileExists(atPath: Paths.testKernel), "needs root to drop privileges, and the test kernel"))
+    func aDiskWithoutPermissionSaysWhatToDo() throws {
+        let image = FileManager.default.temporaryDirectory.appendingPathComponent("swiftkvm-private-\(getpid()).img")
+        #expect(FileManager.default.createFile(atPath: image.path, contents: Data(count: 4096), attributes: [.posixPermissions: 0o644]))
+        defer { try? FileManager.default.removeItem(at: image) }
+        let result = try SwiftKVMProcess.run(
+            ["run", "--kernel", Paths.testKernel, "--disk", image.path],
+            launcher: ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        #expect(result.status == 2, "\(result.stderr)")
+        #expect(result.stderrLines == ["swiftkvm: disk \(image.path): Permission denied (check the file's permissions, or add ,readonly)"])
+    }
+
     @Test func helpDescribesTheOptions() throws {
         let result = try SwiftKVMProcess.run(["run", "--help"])
         #expect(result.status == 0)
-        for option in ["--kernel", "--initrd", "--cmdline", "--cpus", "--pit", "--cpu-features", "--firmware", "--mode", "--memory", "--load", "--entry", "--time-limit"] {
+        for option in ["--kernel", "--initrd", "--cmdline", "--disk", "--cpus", "--pit", "--cpu-features", "--firmware", "--mode", "--memory", "--load", "--entry", "--time-limit"] {
             #expect(result.stdout.contains(option), "help lacks \(option)")
         }
     }

@@ -10,10 +10,12 @@ struct LinuxGuestTests {
     @Test(.timeLimit(.minutes(20)))
     func testKernelBootsToABusyboxShellAndRebootsCleanly() throws {
         let assets = try GuestAssets.testKernel()
+        let disks = try LinuxDiskChecks()
+        defer { disks.remove() }
         let session = try LinuxSession(
             LinuxGuestConfiguration(
                 kernelPath: assets.kernel, initrdPath: assets.initrd, commandLine: "console=ttyS0 reboot=k panic=-1",
-                memorySize: 256 << 20, timeLimit: .seconds(1200)))
+                memorySize: 256 << 20, disks: disks.configurations, timeLimit: .seconds(1200)))
         defer { session.stop() }
         let boot: Duration = .seconds(900)
 
@@ -44,36 +46,57 @@ struct LinuxGuestTests {
         session.send("echo piped-$((6 * 7)) | cat")
         #expect(try session.waitFor("piped-42", timeout: .seconds(300)).contains("piped-42"))
 
+        // Two virtio-blk disks, one read-only: found, read, written, flushed (LinuxDiskChecks).
+        try disks.checkInGuest(session)
+
         session.send("reboot -f")
         let report = try session.waitForEnd(timeout: .seconds(300))
         #expect(report.outcome == .rebooted)
+        try disks.checkOnHost(session.guest)
         #expect(!session.output.contains("Kernel panic"))
         #expect(report.statistics.portWrites > 1000, "the console alone makes thousands of port writes")
     }
 }
 
 extension LinuxGuestTests {
-    /// The same kernel on the PIT emulated in this process (`--pit emulated`): it must drive the
-    /// kernel's timer interrupt (IRQ 0 through the in-kernel PIC) well enough to boot to the shell.
+    /// The same kernel with no initramfs, its root file system the ext4 image on a virtio-blk disk
+    /// (`root=/dev/vda`), on the PIT emulated in this process (`--pit emulated`): the timer
+    /// interrupt (IRQ 0 through the in-kernel PIC) must drive the boot, and a file the guest writes
+    /// and syncs must be in the image afterwards, which still passes `e2fsck -n`.
     @Test(.timeLimit(.minutes(20)))
-    func emulatedPITDrivesTheTimerInterrupt() throws {
+    func ext4RootOnVirtioBlkWithTheEmulatedPIT() throws {
         let assets = try GuestAssets.testKernel()
+        let image = try HostFiles.temporaryCopy(of: try GuestAssets.rootFileSystem(), name: "root.ext4")
+        defer { unlink(image) }
         let session = try LinuxSession(
             LinuxGuestConfiguration(
-                kernelPath: assets.kernel, initrdPath: assets.initrd, commandLine: "console=ttyS0 reboot=k panic=-1 quiet",
-                memorySize: 128 << 20, pit: .emulated, timeLimit: .seconds(1200)))
+                kernelPath: assets.kernel, commandLine: "console=ttyS0 reboot=k panic=-1 quiet root=/dev/vda rw",
+                memorySize: 128 << 20, pit: .emulated, disks: [DiskConfiguration(path: image)], timeLimit: .seconds(1200)))
         defer { session.stop() }
-        try session.waitFor("SWIFTKVM-INIT-READY", timeout: .seconds(900))
+        try session.waitFor("SWIFTKVM-ROOTFS-READY", timeout: .seconds(900))
         try session.waitFor("# ", timeout: .seconds(300))
-        session.send("grep -c . /proc/interrupts; cat /proc/interrupts; echo IRQ-$((1 + 1))")
+        session.send("grep -c . /proc/interrupts; cat /proc/interrupts; grep ' / ' /proc/mounts; echo IRQ-$((1 + 1))")
         let interrupts = try session.waitFor("IRQ-2", timeout: .seconds(300))
         // Lines end in "\r\n", a single Character in Swift: split on newlines, not on "\n".
-        let timerLine = interrupts.split(whereSeparator: \.isNewline).first { $0.contains("XT-PIC") && $0.contains("timer") } ?? ""
+        let lines = interrupts.split(whereSeparator: \.isNewline)
+        let timerLine = lines.first { $0.contains("XT-PIC") && $0.contains("timer") } ?? ""
         let count = timerLine.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
         #expect(timerLine.hasPrefix("  0:"), "IRQ 0 is the timer: \(timerLine)")
         #expect(count > 100, "IRQ 0 fired \(count) times: \(timerLine)")
+        #expect(lines.contains { $0.hasPrefix("  5:") && $0.contains("virtio0") }, "vda's interrupt is IRQ 5: \(interrupts)")
+        #expect(lines.contains { $0.hasPrefix("/dev/root / ext4 rw") }, "the root file system: \(interrupts)")
+
+        // What a clean shutdown does before it reboots: sync, then remount the root read-only
+        // (that writes the journal and the free counts back, so e2fsck finds nothing to replay).
+        session.send("echo written-by-the-guest > /hello.txt && sync && mount -o remount,ro / && echo SYNCED-$((5 + 5))")
+        try session.waitFor("SYNCED-10", timeout: .seconds(300))
         session.send("reboot -f")
         #expect(try session.waitForEnd(timeout: .seconds(300)).outcome == .rebooted)
+
+        let fsck = HostFiles.run("e2fsck", "-fn", image)
+        #expect(fsck.status == 0, "e2fsck -n after the guest's writes: \(fsck.output)")
+        let file = HostFiles.run("debugfs", "-R", "cat /hello.txt", image)
+        #expect(file.output.contains("written-by-the-guest"), "\(file.output)")
     }
 }
 
@@ -91,6 +114,13 @@ enum GuestAssets {
         let releaseBytes = try readHostFile("\(cache)/test-kernel/release")
         let release = String(decoding: releaseBytes, as: UTF8.self).split(whereSeparator: \.isWhitespace).first.map(String.init)
         return (kernel, initrd, release ?? "")
+    }
+
+    /// The ext4 root image (`make -C Firmware/linux rootfs`); tests boot a copy of it.
+    static func rootFileSystem() throws -> String {
+        let path = "\(cache)/test-rootfs.ext4"
+        guard access(path, R_OK) == 0 else { throw VMMError.file(path: path, problem: "missing: run `make guest`") }
+        return path
     }
 }
 
