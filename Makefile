@@ -7,6 +7,7 @@
 #   make guest      build the guest kernels and initramfs images into $(SWIFTKVM_CACHE)
 #   make bench      measure swiftkvm against the C baseline, side by side
 #   make bench-linux  boot the test kernel under swiftkvm and QEMU microvm, alternating
+#   make bench-disk   virtio-blk read throughput under swiftkvm and QEMU microvm, side by side
 #   make firmware-demo  run a firmware guest in each CPU mode
 #   make clean
 
@@ -19,7 +20,7 @@ export SWIFTKVM_CACHE ?= /var/cache/swiftkvm
 # Debian packages the build and the tests use. Installed only when missing.
 DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs
 
-.PHONY: all build release firmware baseline guest test-guest test bench bench-linux qemu demo firmware-demo deps clean
+.PHONY: all build release firmware baseline guest test-guest test bench bench-linux bench-disk qemu demo firmware-demo deps clean
 
 all: build firmware
 
@@ -67,6 +68,11 @@ qemu:
 # Linux boot, swiftkvm against QEMU microvm on the same kernel and initramfs (minutes per round here).
 bench-linux: release test-guest qemu
 	python3 Benchmarks/linux-boot.py $(BENCH_LINUX_FLAGS)
+
+# virtio-blk: the firmware driver guest and the test kernel's O_DIRECT reads, swiftkvm against
+# QEMU microvm on the same image (a few minutes here: it boots Linux twice per side).
+bench-disk: release firmware test-guest qemu
+	python3 Benchmarks/disk.py $(BENCH_DISK_FLAGS)
 
 # Boots Linux to a busybox shell on this terminal (Ctrl-A x quits). Hosts whose KVM emulates guest
 # ring 0 (KVM-PVM) get the small test kernel built for them; hardware KVM gets Debian's stock kernel.

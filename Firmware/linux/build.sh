@@ -5,7 +5,7 @@
 #
 # Cache: ${SWIFTKVM_CACHE:-/var/cache/swiftkvm}
 #   test-kernel/{bzImage,vmlinux,config,key}   small kernel from linux-source-6.1 + patches/
-#   test-initramfs.cpio.gz (+ .key)            busybox-static, init/test-init
+#   test-initramfs.cpio.gz (+ .key)            busybox-static, init/test-init, tools/blkbench
 #   test-initramfs.cpio                        the same, uncompressed (boots faster on KVM-PVM)
 #   stock-kernel/{bzImage,config,version,key}  Debian's linux-image-amd64 kernel
 #   stock-initramfs.cpio.gz (+ .key)           busybox-static + virtio/ext4 modules, init/stock-init
@@ -250,10 +250,10 @@ check_config() {
 # --- (b) test initramfs ---------------------------------------------------------------
 
 build_test_initramfs() {
-	ensure_installed gzip python3
+	ensure_installed gzip python3 gcc
 	local key out="$CACHE/test-initramfs.cpio.gz"
-	key=$(printf '%s\n' "busybox-static=$(busybox_version)" "applets=$APPLETS" |
-		make_key "$HERE/init/test-init" "$HERE/mkcpio.py" "$HERE/build.sh")
+	key=$(printf '%s\n' "busybox-static=$(busybox_version)" "applets=$APPLETS" "gcc=$(gcc -dumpfullversion)" |
+		make_key "$HERE/init/test-init" "$HERE/mkcpio.py" "$HERE/build.sh" "$HERE/tools/blkbench.c")
 	if up_to_date "$out.key" "$key" "$out" "${out%.gz}"; then
 		log "test initramfs up to date: $out"
 		return
@@ -262,6 +262,10 @@ build_test_initramfs() {
 	tmp=$(mktemp -d "$CACHE/build/initramfs.XXXXXX")
 	bb=$(extract_busybox "$tmp/bb")
 	busybox_list "$bb" "$HERE/init/test-init" >"$tmp/list"
+	# blkbench (tools/blkbench.c): O_DIRECT read throughput from inside the guest, for make bench.
+	gcc -static -nostdlib -ffreestanding -fno-builtin -O2 -fno-stack-protector -fno-pie -no-pie \
+		-o "$tmp/blkbench" "$HERE/tools/blkbench.c" || die "cannot build tools/blkbench.c"
+	echo "file /bin/blkbench $tmp/blkbench 755" >>"$tmp/list"
 	# Also keep the uncompressed archive: on KVM-PVM the kernel's gunzip of
 	# ~1 MB (emulated ring 0) costs ~45 s of the boot.
 	pack "$tmp/list" "$out" keep
