@@ -28,11 +28,13 @@ let package = Package(
             dependencies: ["VMM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "swiftkvm-bench", dependencies: ["VMM"]),
+        // Helpers several test targets share (not a test target itself).
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
-        .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore"]),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
+        .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestSupport"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VMMCore"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VMMCore", "TestSupport"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
         .testTarget(name: "CLITests", dependencies: []),
     ],

@@ -2,6 +2,7 @@ import Dispatch
 import Devices
 import Synchronization
 import Testing
+import TestSupport
 import VMMCore
 
 // MARK: - Test doubles
@@ -116,18 +117,6 @@ private final class Machine {
     func status(counter: UInt16) -> UInt8 {
         outb(0x43, 0xE0 | 2 << UInt8(counter))  // D5 = 1: no count; D4 = 0: status
         return inb(0x40 + counter)
-    }
-}
-
-/// SplitMix64: a deterministic stream of garbage.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 import VMMCore
 
 /// A device that only has a name: the bus tests check which device a lookup finds.
@@ -7,18 +8,6 @@ private final class NamedDevice: BusDevice {
     init(_ name: String) { self.name = name }
     func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {}
     func write(offset: UInt64, data: UnsafeRawBufferPointer) {}
-}
-
-/// SplitMix64: a fixed-seed generator, so a shuffled insertion order is the same on every run.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 @Suite struct BusTests {

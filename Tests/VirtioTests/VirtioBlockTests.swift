@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import TestSupport
 import VMMCore
 @testable import Virtio
 
@@ -418,7 +419,7 @@ struct VirtioHostileDriverTests {
 
     @Test("random descriptor tables and rings never crash the device or change the disk's size", arguments: 0..<4)
     func randomQueues(seed: Int) {
-        var random = SplitMix64(seed: UInt64(seed) &* 0x9E37_79B9 &+ 1)
+        var random = SplitMix64(state: UInt64(seed) &* 0x9E37_79B9 &+ 1)
         for _ in 0..<50 {
             let fixture = BlockFixture(queueSize: 8)
             fixture.driver.initialize(size: 8)
@@ -443,19 +444,6 @@ struct VirtioHostileDriverTests {
             #expect(fixture.storage.size == size)
             #expect(fixture.driver.usedIndex <= 8)
         }
-    }
-}
-
-/// A small deterministic generator for the random tests.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 
