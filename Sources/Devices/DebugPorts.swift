@@ -24,6 +24,28 @@ public final class DebugExitPort: BusDevice {
     }
 }
 
+/// The milestone port: a guest writes any byte to it to say it reached a point worth timing (the
+/// project's init scripts write 1 when user space is ready: `printf '\\001' | dd of=/dev/port bs=1
+/// seek=246`). The byte goes to `onMilestone`; reads give all ones.
+public final class MilestonePort: BusDevice {
+    public static let port: UInt16 = 0xF6
+    /// The byte an init writes when user space is ready.
+    public static let userspaceReady: UInt8 = 1
+
+    let onMilestone: (UInt8) -> Void
+
+    public init(onMilestone: @escaping (UInt8) -> Void) { self.onMilestone = onMilestone }
+
+    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        data.initializeMemory(as: UInt8.self, repeating: 0xFF)
+    }
+
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
+        guard offset == 0, let value = data.first else { return }
+        onMilestone(value)
+    }
+}
+
 /// The value-report port: each write appends a value (zero-extended to 32 bits) that a test can
 /// assert on afterwards. A `rep outsd` of four dwords reports four values.
 public final class ReportPort: BusDevice, @unchecked Sendable {

@@ -14,6 +14,8 @@ public struct ExitStatistics: Equatable, Sendable {
     public var unclaimedPortAccesses = 0
     /// Accesses to guest-physical addresses that neither RAM nor a device claims.
     public var unclaimedMMIOAccesses = 0
+    /// Port and MMIO exits by the device that took them, keyed by `Bus.Entry.label`.
+    public var deviceExits: [String: Int] = [:]
 
     public init() {}
 
@@ -31,6 +33,7 @@ public struct ExitStatistics: Equatable, Sendable {
         sum.other += rhs.other
         sum.unclaimedPortAccesses += rhs.unclaimedPortAccesses
         sum.unclaimedMMIOAccesses += rhs.unclaimedMMIOAccesses
+        sum.deviceExits.merge(rhs.deviceExits, uniquingKeysWith: +)
         return sum
     }
 }
@@ -53,14 +56,30 @@ public enum ExitAction: Equatable, Sendable {
 public struct ExitHandler {
     public var ports: Bus
     public var mmio: Bus
-    public var statistics = ExitStatistics()
+    private var counts = ExitStatistics()
+    /// Exits taken by each entry of `ports` and of `mmio`, by position (cheaper than a dictionary per exit).
+    private var portEntryExits: [Int]
+    private var mmioEntryExits: [Int]
+    /// The label of the device the last port or MMIO exit went to (nil: unclaimed, or another exit).
+    public private(set) var lastDevice: String?
 
     public init(ports: Bus, mmio: Bus) {
         self.ports = ports
         self.mmio = mmio
+        portEntryExits = Array(repeating: 0, count: ports.entries.count)
+        mmioEntryExits = Array(repeating: 0, count: mmio.entries.count)
+    }
+
+    /// What the guest made the VMM do so far.
+    public var statistics: ExitStatistics {
+        var result = counts
+        for (entry, exits) in zip(ports.entries, portEntryExits) where exits > 0 { result.deviceExits["\(entry.label) (ports)", default: 0] += exits }
+        for (entry, exits) in zip(mmio.entries, mmioEntryExits) where exits > 0 { result.deviceExits["\(entry.label) (MMIO)", default: 0] += exits }
+        return result
     }
 
     public mutating func handle(_ exit: VCPUExit) -> ExitAction {
+        lastDevice = nil
         switch exit {
         case .portIO(let io):
             handlePortIO(io)
@@ -69,25 +88,25 @@ public struct ExitHandler {
             handleMMIO(access)
             return .resume
         case .halt:
-            statistics.halts += 1
+            counts.halts += 1
             return .stop(.halted)
         case .interrupted:
-            statistics.interruptions += 1
+            counts.interruptions += 1
             return .resume
         case .shutdown:
-            statistics.other += 1
+            counts.other += 1
             return .stop(.shutdown)
         case .failedEntry(let reason, _):
-            statistics.other += 1
+            counts.other += 1
             return .stop(.failedEntry(hardwareReason: reason))
         case .internalError(let suberror, _):
-            statistics.other += 1
+            counts.other += 1
             return .stop(.internalError(suberror: suberror))
         case .systemEvent:
-            statistics.other += 1
+            counts.other += 1
             return .stop(.shutdown)
         case .unhandled(let reason):
-            statistics.other += 1
+            counts.other += 1
             return .stop(.unhandledExit(reason: reason))
         }
     }
@@ -95,14 +114,18 @@ public struct ExitHandler {
     @inline(__always)
     mutating func handlePortIO(_ io: PortIOExit) {
         let length = io.size
-        if io.direction == .read { statistics.portReads += 1 } else { statistics.portWrites += 1 }
+        if io.direction == .read { counts.portReads += 1 } else { counts.portWrites += 1 }
         // `decode` guarantees the buffer holds count × size bytes; an exit built by hand might not.
-        guard length > 0, io.count > 0, io.data.count >= io.count * length, let target = ports.device(at: UInt64(io.port))
+        guard length > 0, io.count > 0, io.data.count >= io.count * length, let index = ports.entryIndex(at: UInt64(io.port))
         else {
-            statistics.unclaimedPortAccesses += 1
+            counts.unclaimedPortAccesses += 1
             if io.direction == .read { io.data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
             return
         }
+        let entry = ports.entries[index]
+        let target = (device: entry.device, offset: UInt64(io.port) - entry.start)
+        portEntryExits[index] += 1
+        lastDevice = entry.label
         for element in 0..<io.count {
             let slice = UnsafeMutableRawBufferPointer(rebasing: io.data[element * length..<(element + 1) * length])
             if io.direction == .read {
@@ -116,12 +139,16 @@ public struct ExitHandler {
 
     @inline(__always)
     mutating func handleMMIO(_ access: MMIOExit) {
-        if access.direction == .read { statistics.mmioReads += 1 } else { statistics.mmioWrites += 1 }
-        guard let target = mmio.device(at: access.address) else {
-            statistics.unclaimedMMIOAccesses += 1
+        if access.direction == .read { counts.mmioReads += 1 } else { counts.mmioWrites += 1 }
+        guard let index = mmio.entryIndex(at: access.address) else {
+            counts.unclaimedMMIOAccesses += 1
             if access.direction == .read { access.data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
             return
         }
+        let entry = mmio.entries[index]
+        let target = (device: entry.device, offset: access.address - entry.start)
+        mmioEntryExits[index] += 1
+        lastDevice = entry.label
         if access.direction == .read {
             access.data.initializeMemory(as: UInt8.self, repeating: 0)
             target.device.read(offset: target.offset, data: access.data)

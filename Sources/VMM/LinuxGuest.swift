@@ -26,6 +26,8 @@ public struct LinuxGuestConfiguration: Sendable {
     public var cpuid: CPUIDPolicy
     /// virtio-blk disks, in order: /dev/vda, /dev/vdb, …
     public var disks: [DiskConfiguration]
+    /// Where to write one line per exit (`--trace`); nil for none.
+    public var trace: ExitTrace?
     /// After this long the vCPUs are kicked and the outcome is `.timedOut`; nil runs until the guest ends.
     public var timeLimit: Duration?
 
@@ -37,7 +39,8 @@ public struct LinuxGuestConfiguration: Sendable {
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = LinuxGuestConfiguration.defaultCommandLine,
         memorySize: Int = LinuxGuestConfiguration.defaultMemorySize, cpus: Int = 1, pit: PITChoice = .kvm,
-        cpuid: CPUIDPolicy = CPUIDPolicy(), disks: [DiskConfiguration] = [], timeLimit: Duration? = nil
+        cpuid: CPUIDPolicy = CPUIDPolicy(), disks: [DiskConfiguration] = [], trace: ExitTrace? = nil,
+        timeLimit: Duration? = nil
     ) {
         self.kernelPath = kernelPath
         self.initrdPath = initrdPath
@@ -47,6 +50,7 @@ public struct LinuxGuestConfiguration: Sendable {
         self.pit = pit
         self.cpuid = cpuid
         self.disks = disks
+        self.trace = trace
         self.timeLimit = timeLimit
     }
 }
@@ -71,6 +75,7 @@ public final class LinuxGuest: @unchecked Sendable {
     /// Everything up to the first instruction: files read and checked, memory laid out, kernel,
     /// initrd, command line and zero page loaded, devices placed, vCPUs created and set.
     public init(_ configuration: LinuxGuestConfiguration, console: @escaping (UInt8) -> Void) throws(VMMError) {
+        let milestones = BootMilestones()
         self.configuration = configuration
         guard configuration.memorySize > 0, configuration.memorySize % 4096 == 0 else {
             throw .configuration("guest memory must be a positive multiple of 4 KiB, not \(configuration.memorySize) bytes")
@@ -138,7 +143,8 @@ public final class LinuxGuest: @unchecked Sendable {
             throw .configuration("\(error)")
         }
 
-        machine = try Machine(system: system, memory: memory)
+        machine = try Machine(system: system, memory: memory, milestones: milestones)
+        machine.trace = configuration.trace
         let vm = machine.vm
         do {
             try vm.createInterruptController()
@@ -147,8 +153,14 @@ public final class LinuxGuest: @unchecked Sendable {
             throw .kvm(error)
         }
 
-        serial = Serial16550(interrupt: KVMInterruptLine(vm: vm, gsi: Serial16550.com1IRQ), output: console)
+        serial = Serial16550(interrupt: KVMInterruptLine(vm: vm, gsi: Serial16550.com1IRQ)) { byte in
+            milestones.record(.firstConsoleByte)
+            console(byte)
+        }
         try machine.addPortDevice(serial, at: Serial16550.com1, count: Serial16550.portCount)
+        try machine.addPortDevice(
+            MilestonePort { value in if value == MilestonePort.userspaceReady { milestones.record(.userspaceReady) } },
+            at: MilestonePort.port)
         let keyboardController = I8042(interrupt: KVMInterruptLine(vm: vm, gsi: I8042.keyboardIRQ)) { [unowned machine] in
             machine.requestStop(.rebooted)  // reboot=k pulses the reset line several times; the first request wins
         }

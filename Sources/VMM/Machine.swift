@@ -24,6 +24,8 @@ public struct RunReport: Sendable {
     public let specialRegisters: SpecialRegisters?
     /// From the first KVM_RUN to the last vCPU thread's end.
     public let duration: Duration
+    /// Each vCPU's exits and where its time went, in vCPU order.
+    public let vcpus: [VCPUReport]
 }
 
 /// A virtual machine assembled from its parts: KVM's VM, guest memory, the two buses and the vCPUs.
@@ -45,13 +47,18 @@ public final class Machine: @unchecked Sendable {
     public var ports = Bus()
     public var mmio = Bus()
     public let stopSignal = StopSignal()
+    /// When set before `run`, every exit is written to it (`--trace`).
+    public var trace: ExitTrace?
+    /// Boot milestones; the machine records guest entry and end, its owner the rest.
+    public let milestones: BootMilestones
     public private(set) var vcpus: [VCPU] = []
     private let threads = Mutex<[pthread_t]>([])
 
     /// Creates the VM and gives it `memory`, one KVM memory slot per region.
-    public init(system: KVMSystem, memory: GuestMemory) throws(VMMError) {
+    public init(system: KVMSystem, memory: GuestMemory, milestones: BootMilestones = BootMilestones()) throws(VMMError) {
         self.system = system
         self.memory = memory
+        self.milestones = milestones
         do {
             vm = try system.makeVirtualMachine()
             try vm.setIdentityMapAddress(Self.identityMapAddress)
@@ -107,7 +114,7 @@ public final class Machine: @unchecked Sendable {
         do { try Kick.installHandler() } catch { throw .kvm(error) }
 
         let finished = DispatchSemaphore(value: 0)
-        let results = Mutex<[Int: (ExitStatistics, Registers?, SpecialRegisters?)]>([:])
+        let results = Mutex<[Int: (VCPUReport, Registers?, SpecialRegisters?)]>([:])
         let clock = ContinuousClock()
         let start = clock.now
         var started: [OSThread] = []
@@ -115,10 +122,10 @@ public final class Machine: @unchecked Sendable {
             let thread: OSThread
             do {
                 thread = try OSThread(name: "vcpu\(index)") { [self] in
-                    let statistics = runLoop(vcpu)
+                    let report = runLoop(vcpu, index: index)
                     let registers = try? vcpu.registers()
                     let special = try? vcpu.specialRegisters()
-                    results.withLock { $0[index] = (statistics, registers, special) }
+                    results.withLock { $0[index] = (report, registers, special) }
                     finished.signal()
                 }
             } catch {
@@ -160,43 +167,61 @@ public final class Machine: @unchecked Sendable {
             }
             stopSignal.request(.vmmError("a vCPU did not leave KVM_RUN within \(Self.kickPatience) of being kicked"))
             let stuck = (0..<started.count).filter { collected[$0] == nil }.map { "vcpu\($0)" }
+            trace?.flush()
+            let reports = collected.keys.sorted().compactMap { collected[$0]?.0 }
             return RunReport(
                 outcome: .vmmError("\(stuck.joined(separator: ", ")) did not leave KVM_RUN within \(Self.kickPatience) of being kicked"),
-                statistics: collected.values.reduce(ExitStatistics()) { $0 + $1.0 }, registers: collected[0]?.1,
-                specialRegisters: collected[0]?.2, duration: clock.now - start)
+                statistics: reports.reduce(ExitStatistics()) { $0 + $1.statistics }, registers: collected[0]?.1,
+                specialRegisters: collected[0]?.2, duration: clock.now - start, vcpus: reports)
         }
         for thread in started { thread.join() }
         let duration = clock.now - start
         threads.withLock { $0.removeAll() }
+        milestones.record(.end)
+        trace?.flush()
 
-        let statistics = collected.values.reduce(ExitStatistics()) { $0 + $1.0 }
+        let reports = collected.keys.sorted().compactMap { collected[$0]?.0 }
         return RunReport(
-            outcome: stopSignal.reason ?? .stopped, statistics: statistics, registers: collected[0]?.1,
-            specialRegisters: collected[0]?.2, duration: duration)
+            outcome: stopSignal.reason ?? .stopped, statistics: reports.reduce(ExitStatistics()) { $0 + $1.statistics },
+            registers: collected[0]?.1, specialRegisters: collected[0]?.2, duration: duration, vcpus: reports)
     }
 
     /// One vCPU's KVM_RUN loop: enter, dispatch the exit, repeat until a stop is requested.
-    private func runLoop(_ vcpu: VCPU) -> ExitStatistics {
+    private func runLoop(_ vcpu: VCPU, index: Int) -> VCPUReport {
         var handler = ExitHandler(ports: ports, mmio: mmio)
+        let trace = self.trace
+        let loopStart = BootMilestones.now
+        var inKVMRun: UInt64 = 0
+        func report() -> VCPUReport {
+            let total = BootMilestones.now &- loopStart
+            return VCPUReport(
+                index: index, statistics: handler.statistics, timeInKVMRun: .nanoseconds(Int64(inKVMRun)),
+                timeInVMM: .nanoseconds(Int64(total &- min(total, inKVMRun))))
+        }
         do {
             try Kick.unblockOnCurrentThread()
         } catch {
             requestStop(.vmmError(error.description))
-            return handler.statistics
+            return report()
         }
+        if index == 0 { milestones.record(.guestEntry) }
         while !stopSignal.isRequested {
             let exit: VCPUExit
+            let entered = BootMilestones.now
             do {
                 exit = try vcpu.run()
             } catch {
                 requestStop(.vmmError(error.description))
                 break
             }
-            if case .stop(let outcome) = handler.handle(exit) {
+            inKVMRun &+= BootMilestones.now &- entered
+            let action = handler.handle(exit)
+            trace?.record(ExitTrace.line(vcpu: index, exit: exit, device: handler.lastDevice))
+            if case .stop(let outcome) = action {
                 requestStop(outcome)
                 break
             }
         }
-        return handler.statistics
+        return report()
     }
 }

@@ -28,6 +28,8 @@ public struct UnitGuest: Sendable {
     public var entry: GuestAddress?
     /// After this long the vCPU is kicked out of KVM_RUN and the outcome is `.timedOut`; nil waits forever.
     public var timeLimit: Duration?
+    /// Where to write one line per exit; nil for none.
+    public var trace: ExitTrace?
 
     public static let defaultMemorySize = 2 << 20
 
@@ -112,6 +114,7 @@ public struct UnitGuest: Sendable {
         try prepare(memory)
 
         let machine = try Machine(system: kvm, memory: memory)
+        machine.trace = trace
         let output = ConsoleBuffer(forward: console)
         let reports = ReportPort()
         try machine.addPortDevice(TransmitOnlySerial { output.append($0) }, at: TransmitOnlySerial.com1, count: TransmitOnlySerial.portCount)
@@ -137,7 +140,7 @@ public struct UnitGuest: Sendable {
         return GuestRun(
             outcome: report.outcome, console: output.bytes, reports: reports.values, registers: report.registers,
             specialRegisters: report.specialRegisters, memory: memory, statistics: report.statistics,
-            duration: report.duration)
+            duration: report.duration, vcpus: report.vcpus)
     }
 }
 
@@ -155,6 +158,8 @@ public struct GuestRun: @unchecked Sendable {
     public let memory: GuestMemory
     public let statistics: ExitStatistics
     public let duration: Duration
+    /// The vCPU's exits and where its time went.
+    public let vcpus: [VCPUReport]
 
     /// The console output decoded as UTF-8 (invalid bytes become U+FFFD).
     public var consoleText: String { String(decoding: console, as: UTF8.self) }

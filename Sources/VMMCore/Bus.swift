@@ -40,6 +40,18 @@ public struct Bus {
         /// One past the last address.
         public let end: UInt64
         public let device: any BusDevice
+
+        /// The device's type and range, e.g. `Serial16550 0x3f8-0x3ff`: how traces and statistics name it.
+        public var label: String {
+            let last = end - 1
+            let range = last == start ? "0x\(String(start, radix: 16))" : "0x\(String(start, radix: 16))-0x\(String(last, radix: 16))"
+            // "Devices.I8042.Port" without its module: "I8042.Port" (private types: just their name).
+            let qualified = String(reflecting: type(of: device))
+            let name =
+                qualified.contains("(") ? String(describing: type(of: device))
+                : qualified.split(separator: ".", maxSplits: 1).last.map(String.init) ?? qualified
+            return "\(name) \(range)"
+        }
     }
 
     /// Sorted by `start`.
@@ -64,9 +76,16 @@ public struct Bus {
     /// The device whose range holds `address`, and the offset of `address` in that range.
     @inline(__always)
     public func device(at address: UInt64) -> (device: any BusDevice, offset: UInt64)? {
+        guard let index = entryIndex(at: address) else { return nil }
+        return (entries[index].device, address - entries[index].start)
+    }
+
+    /// The position in `entries` of the device whose range holds `address`.
+    @inline(__always)
+    public func entryIndex(at address: UInt64) -> Int? {
         let index = firstIndex(endingAfter: address)
         guard index < entries.count, entries[index].start <= address else { return nil }
-        return (entries[index].device, address - entries[index].start)
+        return index
     }
 
     /// The first entry whose end lies beyond `address` (binary search over the sorted, disjoint ranges).

@@ -82,6 +82,15 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds (default: no limit).", valueName: "seconds"))
     var timeLimit: Double?
 
+    @Flag(name: .long, help: "Print every exit, one line each (vCPU, reason, port or address, size, data, device), on standard error.")
+    var trace = false
+
+    @Option(name: .long, help: ArgumentHelp("Write the --trace lines to this file instead (implies --trace).", valueName: "file"))
+    var traceFile: String?
+
+    @Flag(name: .long, help: "At the end, print exits by reason and by device, time in KVM_RUN and in the VMM per vCPU, and boot milestones, on standard error.")
+    var stats = false
+
     func run() throws {
         switch (kernel, firmware) {
         case (nil, nil): throw UsageError("nothing to run: give --kernel BZIMAGE (Linux) or --firmware FILE (a flat binary)")
@@ -105,6 +114,14 @@ struct Run: ParsableCommand {
         return size
     }
 
+    /// The exit trace --trace or --trace-file asks for.
+    func exitTrace() throws -> ExitTrace? {
+        if let traceFile {
+            do { return try ExitTrace(path: traceFile) } catch { throw UsageError("--trace-file: \(error)") }
+        }
+        return trace ? ExitTrace(descriptor: STDERR_FILENO) : nil
+    }
+
     func parsedTimeLimit() throws -> Duration? {
         guard let timeLimit else { return nil }
         guard timeLimit > 0, timeLimit < 1e9 else { throw UsageError("--time-limit must be a positive number of seconds") }
@@ -124,7 +141,7 @@ struct Run: ParsableCommand {
         }
         let configuration = LinuxGuestConfiguration(
             kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, memorySize: size, cpus: cpus, pit: pitChoice,
-            cpuid: policy, disks: disks, timeLimit: try parsedTimeLimit())
+            cpuid: policy, disks: disks, trace: try exitTrace(), timeLimit: try parsedTimeLimit())
 
         let guest: LinuxGuest
         do {
@@ -155,6 +172,10 @@ struct Run: ParsableCommand {
         }
         input.stop()
         HostTerminal.restore()
+        if stats {
+            ConsoleOutput.flush()
+            fputs(StatisticsTable.render(report, milestones: guest.machine.milestones), stderr)
+        }
         try finish(report.outcome, signal: stopper.signal)
     }
 
@@ -175,7 +196,7 @@ struct Run: ParsableCommand {
         }
         let limit = try parsedTimeLimit()
 
-        let guest: UnitGuest
+        var guest: UnitGuest
         do {
             guest = try UnitGuest(
                 contentsOf: firmware, mode: cpuMode, memorySize: size, loadAddress: GuestAddress(loadAddress),
@@ -184,13 +205,27 @@ struct Run: ParsableCommand {
         } catch {
             throw UsageError("\(error)")
         }
+        guest.trace = try exitTrace()
 
         let stopper = SignalStopper()
         let result: GuestRun
+        let machine = Mutex<Machine?>(nil)
         do {
-            result = try guest.run(console: { byte in ConsoleOutput.write(byte) }, started: { stopper.watch($0) })
+            result = try guest.run(
+                console: { byte in ConsoleOutput.write(byte) },
+                started: { started in
+                    machine.withLock { $0 = started }
+                    stopper.watch(started)
+                })
         } catch {
             throw RuntimeFailure("\(error)")
+        }
+        if stats {
+            ConsoleOutput.flush()
+            fputs(
+                StatisticsTable.render(
+                    duration: result.duration, statistics: result.statistics, vcpus: result.vcpus,
+                    milestones: machine.withLock { $0?.milestones }), stderr)
         }
         try finish(result.outcome, signal: stopper.signal)
     }

@@ -134,7 +134,7 @@ import Testing
     @Test func helpDescribesTheOptions() throws {
         let result = try SwiftKVMProcess.run(["run", "--help"])
         #expect(result.status == 0)
-        for option in ["--kernel", "--initrd", "--cmdline", "--disk", "--cpus", "--pit", "--cpu-features", "--firmware", "--mode", "--memory", "--load", "--entry", "--time-limit"] {
+        for option in ["--kernel", "--initrd", "--cmdline", "--disk", "--trace", "--trace-file", "--stats", "--cpus", "--pit", "--cpu-features", "--firmware", "--mode", "--memory", "--load", "--entry", "--time-limit"] {
             #expect(result.stdout.contains(option), "help lacks \(option)")
         }
     }
@@ -156,6 +156,33 @@ import Testing
         let exception = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("fault-user"), "--mode", "user"])
         #expect(exception.status == 1)
         #expect(exception.stderr.contains("exception 13 (#GP general protection)"))
+    }
+
+    /// --trace-file gets one line per exit, --stats a table on stderr whose total is that count.
+    @Test(.enabled(if: KVM.shouldRun, KVM.skipReason))
+    func traceFileAndStatisticsAgree() throws {
+        let trace = FileManager.default.temporaryDirectory.appendingPathComponent("swiftkvm-cli-\(getpid()).trace")
+        defer { try? FileManager.default.removeItem(at: trace) }
+        let result = try SwiftKVMProcess.run(
+            ["run", "--firmware", Paths.firmware("hello-long"), "--mode", "long", "--trace-file", trace.path, "--stats"])
+        #expect(result.status == 0)
+        #expect(result.stdout == "Hello from long mode!\n")
+        let lines = try String(contentsOf: trace, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 45)
+        #expect(lines.last == "vcpu0 io out port=0xf4 size=1 data=00 DebugExitPort 0xf4")
+        #expect(result.stderr.contains("swiftkvm statistics"))
+        let total = result.stderrLines.first { $0.hasPrefix("    total") } ?? ""
+        #expect(total.hasSuffix(" 45"), "\(result.stderr)")
+        #expect(result.stderr.contains("TransmitOnlySerial 0x3f8-0x3ff (ports)"))
+        #expect(result.stderr.contains("guest entry"))
+
+        let toStderr = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("exit-code"), "--mode", "real", "--trace"])
+        #expect(toStderr.status == 42)
+        #expect(toStderr.stderrLines == ["vcpu0 io out port=0xf4 size=1 data=2a DebugExitPort 0xf4"])
+
+        let unwritable = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("exit-code"), "--trace-file", "/nonexistent/t.txt"])
+        #expect(unwritable.status == 2)
+        #expect(unwritable.stderrLines == ["swiftkvm: --trace-file: /nonexistent/t.txt: No such file or directory"])
     }
 
     @Test(.enabled(if: KVM.shouldRun, KVM.skipReason))

@@ -243,10 +243,13 @@ fileprivate final class DataBuffer {
         expected.interruptions = 1
         expected.halts = 1
         expected.other = 1
+        // Claimed accesses by device, named by type and range (the serial got 2 writes and a read).
+        expected.deviceExits = ["RecordingDevice 0x3f8-0x3ff (ports)": 3, "RecordingDevice 0xd0000000-0xd0000fff (MMIO)": 2]
         #expect(handler.statistics == expected)
         #expect(handler.statistics.total == 11, "unclaimed accesses are a subset, not extra exits")
         #expect((handler.statistics + handler.statistics).total == 22)
         #expect((handler.statistics + ExitStatistics()) == handler.statistics)
         #expect((handler.statistics + handler.statistics).unclaimedMMIOAccesses == 2)
+        #expect((handler.statistics + handler.statistics).deviceExits["RecordingDevice 0x3f8-0x3ff (ports)"] == 6)
     }
 }

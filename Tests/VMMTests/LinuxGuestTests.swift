@@ -1,6 +1,6 @@
 import Glibc
 import Testing
-import VMM
+@testable import VMM
 
 /// Boots the project's small test kernel (built by `make guest` into the cache) with its busybox
 /// initramfs, once, and checks many things along the way: a Linux boot takes minutes on hosts
@@ -68,10 +68,13 @@ extension LinuxGuestTests {
         let assets = try GuestAssets.testKernel()
         let image = try HostFiles.temporaryCopy(of: try GuestAssets.rootFileSystem(), name: "root.ext4")
         defer { unlink(image) }
+        let tracePath = "/tmp/swiftkvm-\(getpid())-boot.trace"
+        defer { unlink(tracePath) }
         let session = try LinuxSession(
             LinuxGuestConfiguration(
                 kernelPath: assets.kernel, commandLine: "console=ttyS0 reboot=k panic=-1 quiet root=/dev/vda rw",
-                memorySize: 128 << 20, pit: .emulated, disks: [DiskConfiguration(path: image)], timeLimit: .seconds(1200)))
+                memorySize: 128 << 20, pit: .emulated, disks: [DiskConfiguration(path: image)],
+                trace: try ExitTrace(path: tracePath), timeLimit: .seconds(1200)))
         defer { session.stop() }
         try session.waitFor("SWIFTKVM-ROOTFS-READY", timeout: .seconds(900))
         try session.waitFor("# ", timeout: .seconds(300))
@@ -91,12 +94,41 @@ extension LinuxGuestTests {
         session.send("echo written-by-the-guest > /hello.txt && sync && mount -o remount,ro / && echo SYNCED-$((5 + 5))")
         try session.waitFor("SYNCED-10", timeout: .seconds(300))
         session.send("reboot -f")
-        #expect(try session.waitForEnd(timeout: .seconds(300)).outcome == .rebooted)
+        let report = try session.waitForEnd(timeout: .seconds(300))
+        #expect(report.outcome == .rebooted)
+        try checkStatisticsAgainstTrace(report, milestones: session.guest.machine.milestones, trace: tracePath)
 
         let fsck = HostFiles.run("e2fsck", "-fn", image)
         #expect(fsck.status == 0, "e2fsck -n after the guest's writes: \(fsck.output)")
         let file = HostFiles.run("debugfs", "-R", "cat /hello.txt", image)
         #expect(file.output.contains("written-by-the-guest"), "\(file.output)")
+    }
+}
+
+extension LinuxGuestTests {
+    /// `--stats` against `--trace` of the same boot: every count in the table is the number of
+    /// matching trace lines, and the milestones came in order (the rootfs init writes the
+    /// milestone port when user space is ready).
+    func checkStatisticsAgainstTrace(_ report: RunReport, milestones: BootMilestones, trace path: String) throws {
+        let lines = String(decoding: try readHostFile(path), as: UTF8.self).split(separator: "\n")
+        let statistics = report.statistics
+        #expect(lines.count == statistics.total, "one trace line per exit")
+        #expect(lines.filter { $0.contains(" io in ") }.count == statistics.portReads)
+        #expect(lines.filter { $0.contains(" io out ") }.count == statistics.portWrites)
+        #expect(lines.filter { $0.contains(" mmio read ") }.count == statistics.mmioReads)
+        #expect(lines.filter { $0.contains(" mmio write ") }.count == statistics.mmioWrites)
+        #expect(lines.filter { $0.hasSuffix(" unclaimed") }.count == statistics.unclaimedPortAccesses + statistics.unclaimedMMIOAccesses)
+        #expect(statistics.mmioWrites > 0, "the virtio-blk driver configured its device")
+        for (device, exits) in statistics.deviceExits {
+            let label = device.hasSuffix(" (ports)") ? String(device.dropLast(8)) : String(device.dropLast(7))  // " (MMIO)"
+            #expect(lines.filter { $0.hasSuffix(" " + label) }.count == exits, "\(device)")
+        }
+        let table = StatisticsTable.render(report, milestones: milestones)
+        let totalRow = table.split(separator: "\n").first { $0.hasPrefix("    total") } ?? ""
+        #expect(totalRow.hasSuffix(" " + StatisticsTable.grouped(lines.count)), "\(table)")
+        let reached = milestones.sinceStart.map(\.milestone)
+        #expect(reached == [.vmmStart, .guestEntry, .firstConsoleByte, .userspaceReady, .end], "\(table)")
+        #expect(report.vcpus.count == 1 && report.vcpus[0].timeInKVMRun > .seconds(1))
     }
 }
 
