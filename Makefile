@@ -9,6 +9,7 @@
 #   make bench-linux  boot the test kernel under swiftkvm and QEMU microvm, alternating
 #   make bench-disk   virtio-blk read throughput under swiftkvm and QEMU microvm, side by side
 #   make firmware-demo  run a firmware guest in each CPU mode
+#   make docs       DocC API documentation for each library module into .build/docs/
 #   make clean
 
 SHELL := /bin/bash
@@ -20,7 +21,7 @@ export SWIFTKVM_CACHE ?= /var/cache/swiftkvm
 # Debian packages the build and the tests use. Installed only when missing.
 DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs
 
-.PHONY: all build release firmware baseline guest test-guest test bench bench-linux bench-disk qemu demo firmware-demo deps clean
+.PHONY: all build release firmware baseline guest test-guest test bench bench-linux bench-disk docs qemu demo firmware-demo deps clean
 
 all: build firmware
 
@@ -54,7 +55,7 @@ guest: deps
 test-guest: deps
 	$(MAKE) -C Firmware/linux test-kernel test-initramfs stock rootfs
 
-test: deps firmware test-guest
+test: deps firmware test-guest docs
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
@@ -73,6 +74,16 @@ bench-linux: release test-guest qemu
 # QEMU microvm on the same image (a few minutes here: it boots Linux twice per side).
 bench-disk: release firmware test-guest qemu
 	python3 Benchmarks/disk.py $(BENCH_DISK_FLAGS)
+
+# API documentation (swift-docc-plugin): one static site per library module, in .build/docs/MODULE.
+DOC_MODULES := VMM KVM VMMCore Devices LinuxBoot Virtio
+docs: deps
+	@mkdir -p .build/docs
+	@for module in $(DOC_MODULES); do \
+		$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation --target $$module \
+			--output-path .build/docs/$$module --transform-for-static-hosting --warnings-as-errors || exit 1; \
+	done
+	@echo "API documentation: .build/docs/<module>/index.html (serve the folder: python3 -m http.server -d .build/docs)"
 
 # Boots Linux to a busybox shell on this terminal (Ctrl-A x quits). Hosts whose KVM emulates guest
 # ring 0 (KVM-PVM) get the small test kernel built for them; hardware KVM gets Debian's stock kernel.

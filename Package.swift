@@ -13,7 +13,9 @@ let package = Package(
         .executable(name: "swiftkvm-bench", targets: ["swiftkvm-bench"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // `make docs`: DocC for the public API (a command plugin; nothing links against it).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         .target(name: "CKVM"),
