@@ -46,6 +46,57 @@ public final class MilestonePort: BusDevice {
     }
 }
 
+/// The pvpanic device's I/O port (QEMU's `pvpanic`, ACPI id QEMU0001): a guest kernel built with
+/// `CONFIG_PVPANIC` writes bit 0 (PANICKED) when it panics, bit 1 (CRASH_LOADED) when a crash kernel
+/// takes over. Reads tell the guest which events the device supports.
+public final class PanicPort: BusDevice {
+    public static let port: UInt16 = 0x505
+    public static let panicked: UInt8 = 1 << 0
+    public static let crashLoaded: UInt8 = 1 << 1
+
+    let onPanic: () -> Void
+
+    public init(onPanic: @escaping () -> Void) { self.onPanic = onPanic }
+
+    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        guard offset == 0, !data.isEmpty else {
+            data.initializeMemory(as: UInt8.self, repeating: 0xFF)
+            return
+        }
+        data[0] = Self.panicked | Self.crashLoaded
+    }
+
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
+        guard offset == 0, let value = data.first, value & Self.panicked != 0 else { return }
+        onPanic()
+    }
+}
+
+/// The sleep control register of a hardware-reduced ACPI machine (ACPI 6.4 §4.8.3.7,
+/// FADT.SLEEP_CONTROL_REG): the OS writes SLP_TYPx (bits 4:2) with SLP_EN (bit 5) to enter a sleep
+/// state. The type for S5 ("soft off") comes from the DSDT's `\_S5_` package; this device is told
+/// which value that is, and reports only that state. Reads give 0.
+public final class SleepControlPort: BusDevice {
+    public static let sleepEnable: UInt8 = 1 << 5
+
+    let softOffType: UInt8
+    let onPowerOff: () -> Void
+
+    public init(softOffType: UInt8, onPowerOff: @escaping () -> Void) {
+        self.softOffType = softOffType
+        self.onPowerOff = onPowerOff
+    }
+
+    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        data.initializeMemory(as: UInt8.self, repeating: 0)
+    }
+
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
+        guard offset == 0, let value = data.first, value & Self.sleepEnable != 0, (value >> 2) & 0b111 == softOffType else { return }
+        onPowerOff()
+    }
+}
+
 /// The value-report port: each write appends a value (zero-extended to 32 bits) that a test can
 /// assert on afterwards. A `rep outsd` of four dwords reports four values.
 public final class ReportPort: BusDevice, @unchecked Sendable {

@@ -10,6 +10,11 @@ public enum GuestOutcome: Equatable, Sendable, CustomStringConvertible {
     case shutdown
     /// The guest asked for a reset through the i8042 (Linux's `reboot=k`).
     case rebooted
+    /// The guest asked to be switched off: the ACPI S5 sleep state (Linux's `poweroff`).
+    case poweredOff
+    /// The guest kernel panicked: it said so through the pvpanic device, or it printed a panic
+    /// message and then reset (`panic=N` without pvpanic). `message` is the panic line, if seen.
+    case panicked(message: String?)
     /// The time limit passed and the vCPUs were kicked out of KVM_RUN.
     case timedOut
     /// An exception reached the unit-guest exception stub (64-bit modes).
@@ -31,6 +36,8 @@ public enum GuestOutcome: Equatable, Sendable, CustomStringConvertible {
         case .exited(let status): "the guest exited with status \(status)"
         case .shutdown: "the guest shut down (triple fault or reset)"
         case .rebooted: "the guest rebooted (reset through the i8042 keyboard controller)"
+        case .poweredOff: "the guest powered off (ACPI S5)"
+        case .panicked(let message): "the guest kernel panicked" + (message.map { ": \($0)" } ?? "")
         case .timedOut: "the guest ran past its time limit"
         case .exception(let vector, let errorCode, let rip):
             "the guest took exception \(vector) (\(Self.exceptionName(vector))), error code 0x\(String(errorCode, radix: 16)), at rip 0x\(String(rip, radix: 16))"

@@ -153,8 +153,10 @@ public final class LinuxGuest: @unchecked Sendable {
             throw .kvm(error)
         }
 
+        let panics = PanicWatcher()
         serial = Serial16550(interrupt: KVMInterruptLine(vm: vm, gsi: Serial16550.com1IRQ)) { byte in
             milestones.record(.firstConsoleByte)
+            panics.observe(byte)
             console(byte)
         }
         try machine.addPortDevice(serial, at: Serial16550.com1, count: Serial16550.portCount)
@@ -162,8 +164,12 @@ public final class LinuxGuest: @unchecked Sendable {
             MilestonePort { value in if value == MilestonePort.userspaceReady { milestones.record(.userspaceReady) } },
             at: MilestonePort.port)
         let keyboardController = I8042(interrupt: KVMInterruptLine(vm: vm, gsi: I8042.keyboardIRQ)) { [unowned machine] in
-            machine.requestStop(.rebooted)  // reboot=k pulses the reset line several times; the first request wins
+            // reboot=k pulses the reset line several times; the first request wins. A reset that
+            // follows a panic message is the panic=N reboot of a kernel without pvpanic.
+            machine.requestStop(panics.message.map { .panicked(message: $0) } ?? .rebooted)
         }
+        try machine.addPortDevice(
+            PanicPort { [unowned machine] in machine.requestStop(.panicked(message: panics.message)) }, at: PanicPort.port)
         try machine.addPortDevice(keyboardController.dataPort, at: I8042.dataPortAddress)
         try machine.addPortDevice(keyboardController.commandPort, at: I8042.commandPortAddress)
         if configuration.pit == .emulated {
@@ -239,6 +245,39 @@ public final class LinuxGuest: @unchecked Sendable {
         }
         for runner in diskRunners { try runner.start() }
         return try machine.run(timeLimit: configuration.timeLimit)
+    }
+}
+
+/// Watches the console for Linux's panic line ("Kernel panic - not syncing: …") and keeps it.
+final class PanicWatcher: @unchecked Sendable {
+    // @unchecked: mutable state is in `state`, a Mutex.
+    static let marker = Array("Kernel panic - not syncing: ".utf8)
+    private let state = Mutex<(matched: Int, line: [UInt8], message: String?)>((0, [], nil))
+
+    /// The text after the panic marker (up to the end of its line), once the marker was seen.
+    var message: String? {
+        state.withLock { state in
+            state.message ?? (state.matched == Self.marker.count ? String(decoding: state.line, as: UTF8.self) : nil)
+        }
+    }
+
+    func observe(_ byte: UInt8) {
+        state.withLock { state in
+            guard state.message == nil else { return }
+            if state.matched == Self.marker.count {
+                if byte == 0x0A || byte == 0x0D || state.line.count >= 512 {
+                    state.message = String(decoding: state.line, as: UTF8.self)
+                } else {
+                    state.line.append(byte)
+                }
+                return
+            }
+            if byte == Self.marker[state.matched] {
+                state.matched += 1
+            } else {
+                state.matched = byte == Self.marker[0] ? 1 : 0
+            }
+        }
     }
 }
 

@@ -28,9 +28,9 @@ struct Run: ParsableCommand {
             Firmware: bytes written to COM1 appear on standard output; a byte written to port 0xF4 ends \
             the guest and becomes the exit status; HLT ends it with status 0.
 
-            Exit status: the firmware's debug-exit byte; 0 after a guest reboot, HLT or triple fault (the \
-            reason is printed on standard error); 124 when --time-limit passes; 130/143 after \
-            SIGINT/SIGTERM; 1 when the guest or the VMM fails; 2 for bad input.
+            Exit status: the firmware's debug-exit byte; 0 after a guest reboot, power-off, HLT or triple \
+            fault (the reason is printed on standard error); 124 when --time-limit passes; 130/143 after \
+            SIGINT/SIGTERM; 1 when the guest kernel panics or the guest or the VMM fails; 2 for bad input.
 
             Examples:
               swiftkvm run --kernel bzImage --initrd initrd.img --cmdline "console=ttyS0"
@@ -243,7 +243,8 @@ struct Run: ParsableCommand {
         switch outcome {
         case .exited(let status): return (Int32(status), nil)
         case .halted: return (0, nil)
-        case .shutdown, .rebooted: return (0, outcome.description)
+        case .shutdown, .rebooted, .poweredOff: return (0, outcome.description)
+        case .panicked: return (1, outcome.description)
         case .timedOut: return (124, outcome.description)
         case .stopped:
             guard let signal else { return (0, "stopped (Ctrl-A x)") }

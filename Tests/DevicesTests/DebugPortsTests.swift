@@ -124,3 +124,28 @@ private func read(_ device: some BusDevice, offset: UInt64, width: Int) -> [UInt
         #expect(TransmitOnlySerial.portCount == 8)
     }
 }
+
+@Suite struct PowerAndPanicPortTests {
+    @Test func pvpanicReportsOnlyThePanickedBit() {
+        var panics = 0
+        let port = PanicPort { panics += 1 }
+        var supported: UInt8 = 0
+        withUnsafeMutableBytes(of: &supported) { port.read(offset: 0, data: $0) }
+        #expect(supported == 0b11, "PANICKED and CRASH_LOADED are offered")
+        for value: UInt8 in [0, 2] { withUnsafeBytes(of: value) { port.write(offset: 0, data: $0) } }
+        #expect(panics == 0)
+        withUnsafeBytes(of: UInt8(1)) { port.write(offset: 0, data: $0) }
+        #expect(panics == 1)
+    }
+
+    @Test func sleepControlPowersOffOnlyForSoftOffWithSleepEnable() {
+        var offs = 0
+        let port = SleepControlPort(softOffType: 5) { offs += 1 }
+        for value: UInt8 in [5 << 2, 3 << 2 | 0x20, 0x20, 0xFF & ~0x20] { withUnsafeBytes(of: value) { port.write(offset: 0, data: $0) } }
+        #expect(offs == 0, "S5 without SLP_EN, another sleep type, or SLP_EN alone do nothing")
+        withUnsafeBytes(of: UInt8(5 << 2 | 0x20)) { port.write(offset: 1, data: $0) }
+        #expect(offs == 0, "another offset")
+        withUnsafeBytes(of: UInt8(5 << 2 | 0x20)) { port.write(offset: 0, data: $0) }
+        #expect(offs == 1)
+    }
+}

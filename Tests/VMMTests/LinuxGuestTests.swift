@@ -62,7 +62,9 @@ extension LinuxGuestTests {
     /// The same kernel with no initramfs, its root file system the ext4 image on a virtio-blk disk
     /// (`root=/dev/vda`), on the PIT emulated in this process (`--pit emulated`): the timer
     /// interrupt (IRQ 0 through the in-kernel PIC) must drive the boot, and a file the guest writes
-    /// and syncs must be in the image afterwards, which still passes `e2fsck -n`.
+    /// and syncs must be in the image afterwards, which still passes `e2fsck -n`. The run ends with
+    /// init exiting, a kernel panic the VMM must report as one; it is traced, and `--stats` is
+    /// checked against the trace.
     @Test(.timeLimit(.minutes(20)))
     func ext4RootOnVirtioBlkWithTheEmulatedPIT() throws {
         let assets = try GuestAssets.testKernel()
@@ -93,9 +95,11 @@ extension LinuxGuestTests {
         // (that writes the journal and the free counts back, so e2fsck finds nothing to replay).
         session.send("echo written-by-the-guest > /hello.txt && sync && mount -o remount,ro / && echo SYNCED-$((5 + 5))")
         try session.waitFor("SYNCED-10", timeout: .seconds(300))
-        session.send("reboot -f")
+        // The shell is PID 1: leaving it kills init, the kernel panics and (panic=-1) resets at once.
+        // The VMM must call that a panic, not a clean reboot.
+        session.send("exit")
         let report = try session.waitForEnd(timeout: .seconds(300))
-        #expect(report.outcome == .rebooted)
+        #expect(report.outcome == .panicked(message: "Attempted to kill init! exitcode=0x00000000"))
         try checkStatisticsAgainstTrace(report, milestones: session.guest.machine.milestones, trace: tracePath)
 
         let fsck = HostFiles.run("e2fsck", "-fn", image)

@@ -111,3 +111,21 @@ extension String {
         self = (byte < 16 ? "0" : "") + String(byte, radix: 16)
     }
 }
+
+@Suite struct PanicWatcherTests {
+    func watch(_ text: String) -> PanicWatcher {
+        let watcher = PanicWatcher()
+        for byte in text.utf8 { watcher.observe(byte) }
+        return watcher
+    }
+
+    @Test func findsThePanicLineAmongConsoleOutput() {
+        let console = "[ 1.0] Run /init\r\n[ 9.9] Kernel pKernel panic - not syncing: Attempted to kill init! exitcode=0x00000000\r\n[ 9.9] CPU: 0\r\n"
+        #expect(watch(console).message == "Attempted to kill init! exitcode=0x00000000")
+        #expect(watch("[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root fs").message == "VFS: Unable to mount root fs")
+        #expect(watch("Kernel panic - not synced\r\nreboot: Restarting system\r\n").message == nil)
+        #expect(watch("").message == nil)
+        let first = watch("Kernel panic - not syncing: first\nKernel panic - not syncing: second\n")
+        #expect(first.message == "first", "the first panic is the one reported")
+    }
+}
