@@ -104,8 +104,19 @@ public struct CPUIDPolicy: Equatable, Sendable {
                 entry.ecx |= 1 << 31
                 if removed.contains("xsave") { entry.ecx &= ~(UInt32(1) << 27) }  // OSXSAVE follows XSAVE
                 if count > 1 { entry.edx |= 1 << 28 }  // HTT: the EBX count is valid
+            case 4:
+                // Deterministic cache parameters: EAX[31:26] is the cores per package minus one.
+                entry.eax = (entry.eax & 0x03FF_FFFF) | (min(count, 64) - 1) << 26
             case 0xB, 0x1F:
-                // Extended topology: EDX is the x2APIC id, on every subleaf.
+                // Extended topology, as one package of `count` single-thread cores: subleaf 0 is the
+                // thread level (1 per core), subleaf 1 the core level; EAX is the APIC-id shift to the
+                // next level, ECX[15:8] the level type, EDX the x2APIC id on every subleaf.
+                let coreBits = UInt32(count > 1 ? 32 - (count - 1).leadingZeroBitCount : 0)
+                switch entry.index {
+                case 0: (entry.eax, entry.ebx, entry.ecx) = (0, 1, 1 << 8)
+                case 1: (entry.eax, entry.ebx, entry.ecx) = (coreBits, count, 2 << 8 | 1)
+                default: (entry.eax, entry.ebx, entry.ecx) = (0, 0, entry.index)
+                }
                 entry.edx = index
             default:
                 break

@@ -33,6 +33,16 @@ struct CPUIDPolicyTests {
         }
     }
 
+    /// One package of N single-thread cores, whatever the host's own topology says.
+    @Test(arguments: [(UInt32(1), UInt32(0)), (2, 1), (3, 2), (4, 2), (5, 3), (8, 3), (9, 4)])
+    func extendedTopologyDescribesOnePackageOfSingleThreadCores(count: UInt32, coreBits: UInt32) throws {
+        let entries = CPUIDPolicy().entries(from: supported, vcpu: count - 1, of: count)
+        let threads = try entry(entries, 0xB, 0)
+        #expect((threads.eax, threads.ebx, threads.ecx, threads.edx) == (0, 1, 0x100, count - 1))
+        let cores = try entry(entries, 0xB, 1)
+        #expect((cores.eax, cores.ebx, cores.ecx, cores.edx) == (coreBits, count, 0x201, count - 1))
+    }
+
     @Test func removingFeaturesClearsTheirBitsAndDependents() throws {
         let policy = try CPUIDPolicy(parsing: "-xsave, -cx16,-smap,-rdtscp")
         let entries = policy.entries(from: supported, vcpu: 0, of: 1)
