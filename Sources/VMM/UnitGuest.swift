@@ -30,6 +30,11 @@ public struct UnitGuest: Sendable {
     public var timeLimit: Duration?
     /// Where to write one line per exit; nil for none.
     public var trace: ExitTrace?
+    /// How many vCPUs run the program. Each starts at the entry with the same registers (the stack
+    /// included: a program for several vCPUs must not use the stack before it picks its own); each
+    /// one's CPUID gives it its own APIC id (leaf 1, EBX[31:24]) and the count (EBX[23:16]). The run
+    /// ends when any of them ends it (debug exit, HLT, an exception).
+    public var cpus = 1
 
     public static let defaultMemorySize = 2 << 20
 
@@ -127,13 +132,16 @@ public struct UnitGuest: Sendable {
             try machine.addPortDevice(stub, at: UnitGuestLayout.exceptionPort)
         }
 
-        let vcpu = try machine.addVCPU(cpuid: cpuid)
-        do {
-            let (registers, special) = layout.cpuState(entry: (entry ?? loadAddress).rawValue, from: try vcpu.specialRegisters())
-            try vcpu.setSpecialRegisters(special)
-            try vcpu.setRegisters(registers)
-        } catch {
-            throw VMMError.kvm(error)
+        guard cpus >= 1 else { throw VMMError.configuration("a unit guest needs at least one vCPU, not \(cpus)") }
+        for index in 0..<cpus {
+            let vcpu = try machine.addVCPU(cpuid: CPUIDPolicy().entries(from: cpuid, vcpu: UInt32(index), of: UInt32(cpus)))
+            do {
+                let (registers, special) = layout.cpuState(entry: (entry ?? loadAddress).rawValue, from: try vcpu.specialRegisters())
+                try vcpu.setSpecialRegisters(special)
+                try vcpu.setRegisters(registers)
+            } catch {
+                throw VMMError.kvm(error)
+            }
         }
         started(machine)
         let report = try machine.run(timeLimit: timeLimit)

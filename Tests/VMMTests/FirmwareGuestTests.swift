@@ -170,3 +170,18 @@ enum Firmware {
         }
     }
 }
+
+extension FirmwareGuestTests {
+    /// smp-report on several vCPUs: each vCPU's CPUID gives it its own APIC id, each reports it,
+    /// and vCPU 0 exits once every one has arrived (a locked increment they all share).
+    @Test(arguments: [1, 2, 4])
+    func everyVCPUReportsItsOwnAPICID(cpus: Int) throws {
+        var guest = try UnitGuest(contentsOf: "\(Firmware.directory)/smp-report.bin", mode: .long, timeLimit: .seconds(60))
+        guest.cpus = cpus
+        let run = try guest.run()
+        #expect(run.outcome == .exited(status: 0))
+        #expect(run.reports.sorted() == (0..<UInt32(cpus)).map { $0 }, "\(run.reports)")
+        #expect(run.vcpus.count == cpus)
+        #expect(run.vcpus.allSatisfy { $0.statistics.portWrites >= 1 }, "every vCPU ran and reported")
+    }
+}
