@@ -1,3 +1,4 @@
+import LinuxBoot
 import VMMCore
 
 /// 4-level page tables that map the first 4 GiB of guest-physical memory onto themselves with
@@ -34,10 +35,24 @@ public enum IdentityPaging {
     }
 }
 
-/// The CPU state in which Linux's 64-bit entry point expects to be called (boot.rst, "64-bit Boot
-/// Protocol"): long mode with paging, an identity map covering the kernel, the zero page and the
-/// command line, a GDT whose `__BOOT_CS` (0x10) is a 64-bit code segment and `__BOOT_DS` (0x18) a
-/// flat data segment, interrupts disabled, and RSI holding the zero page's address.
+/// Which of the kernel's entry points the VMM starts it at (boot.rst, "32-bit Boot Protocol" and
+/// "64-bit Boot Protocol").
+public enum LinuxBootEntry: String, CaseIterable, Sendable {
+    /// The 64-bit entry, load address + 0x200, in long mode. The default: the kernel skips its
+    /// own page-table setup.
+    case bits64 = "64"
+    /// The 32-bit entry, the load address (`code32_start`), in protected mode with paging off:
+    /// how a 32-bit loader (or a BIOS loader's real-mode setup) starts the kernel.
+    case bits32 = "32"
+}
+
+/// The CPU state in which Linux's entry points expect to be called. The 64-bit entry (boot.rst,
+/// "64-bit Boot Protocol"): long mode with paging, an identity map covering the kernel, the zero
+/// page and the command line, a GDT whose `__BOOT_CS` (0x10) is a 64-bit code segment and
+/// `__BOOT_DS` (0x18) a flat data segment, interrupts disabled, and RSI holding the zero page's
+/// address. The 32-bit entry ("32-bit Boot Protocol"): protected mode with paging off, `__BOOT_CS`
+/// a flat 32-bit code segment, the same data segment, interrupts disabled, ESI the zero page and
+/// EBX, EDI, EBP zero.
 public struct LinuxEntryLayout: Equatable, Sendable {
     /// Low-memory places for the VMM's tables, clear of the zero page (0x7000), the command line
     /// (0x20000) and the kernel (1 MiB).
@@ -46,13 +61,18 @@ public struct LinuxEntryLayout: Equatable, Sendable {
     public static let bootCodeSelector: UInt16 = 0x10
     public static let bootDataSelector: UInt16 = 0x18
 
-    public init() {}
+    public let entry: LinuxBootEntry
 
-    /// Writes the GDT and the identity map into guest memory.
+    public init(entry: LinuxBootEntry = .bits64) { self.entry = entry }
+
+    /// Writes the GDT and the identity map into guest memory (the map is unused by the 32-bit
+    /// entry, which runs with paging off, but the place is reserved either way).
     public func install(in memory: GuestMemory) throws(GuestMemoryError) {
         let gdt: [UInt64] = [
             0, 0,
-            0x00AF_9B00_0000_FFFF,  // 0x10 __BOOT_CS: 64-bit code, present, accessed
+            entry == .bits64
+                ? 0x00AF_9B00_0000_FFFF  // 0x10 __BOOT_CS: 64-bit code, present, accessed
+                : 0x00CF_9B00_0000_FFFF,  // 0x10 __BOOT_CS: flat 32-bit code, present, accessed
             0x00CF_9300_0000_FFFF,  // 0x18 __BOOT_DS: flat data, present, accessed
         ]
         for (index, descriptor) in gdt.enumerated() {
@@ -62,25 +82,41 @@ public struct LinuxEntryLayout: Equatable, Sendable {
             IdentityPaging.tables(at: Self.pageTablesAddress, userAccessible: false), at: Self.pageTablesAddress, in: memory)
     }
 
+    /// The address to start a kernel at: the 64-bit entry (load address + 0x200) or the 32-bit one
+    /// (the load address, boot.rst: "the start address of loaded 32-bit kernel").
+    public func entryPoint(_ bootInfo: LinuxBootInfo) -> UInt64 {
+        entry == .bits64 ? bootInfo.entryPoint.rawValue : bootInfo.kernelLoadAddress.rawValue
+    }
+
     /// The registers that enter the kernel at `entry` with the zero page at `zeroPage`, derived
-    /// from the state KVM created the vCPU with.
-    public func cpuState(entry: UInt64, zeroPage: UInt64, from initial: SpecialRegisters) -> (Registers, SpecialRegisters) {
+    /// from the state KVM created the vCPU with. Registers not named here (EBX, EDI, EBP among
+    /// them) are zero.
+    public func cpuState(entry address: UInt64, zeroPage: UInt64, from initial: SpecialRegisters) -> (Registers, SpecialRegisters) {
         var registers = Registers()
-        registers.rip = entry
+        registers.rip = address
         registers.rsi = zeroPage
         registers.rflags = 0x2  // IF clear
         var special = initial
         special.cs = Segment(
-            base: 0, limit: 0xFFFF_FFFF, selector: Self.bootCodeSelector, type: 0xB, longMode: true, granularity: true)
+            base: 0, limit: 0xFFFF_FFFF, selector: Self.bootCodeSelector, type: 0xB, defaultSize32: entry == .bits32,
+            longMode: entry == .bits64, granularity: true)
         let data = Segment(
             base: 0, limit: 0xFFFF_FFFF, selector: Self.bootDataSelector, type: 0x3, defaultSize32: true, granularity: true)
         (special.ds, special.es, special.fs, special.gs, special.ss) = (data, data, data, data, data)
         special.gdt = DescriptorTable(base: Self.gdtAddress, limit: 4 * 8 - 1)
         special.idt = DescriptorTable(base: 0, limit: 0)
-        special.cr3 = Self.pageTablesAddress
-        special.cr4 = 0x20  // PAE
-        special.cr0 = 0x8000_0033  // PG | NE | ET | MP | PE
-        special.efer = 0x500  // LME | LMA
+        switch entry {
+        case .bits64:
+            special.cr3 = Self.pageTablesAddress
+            special.cr4 = 0x20  // PAE
+            special.cr0 = 0x8000_0033  // PG | NE | ET | MP | PE
+            special.efer = 0x500  // LME | LMA
+        case .bits32:
+            special.cr3 = 0
+            special.cr4 = 0
+            special.cr0 = 0x33  // NE | ET | MP | PE: paging off
+            special.efer = 0
+        }
         return (registers, special)
     }
 }

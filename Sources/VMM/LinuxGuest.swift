@@ -23,6 +23,8 @@ public struct LinuxGuestConfiguration: Sendable {
     public var memorySize: Int
     public var cpus: Int
     public var pit: PITChoice
+    /// Which entry point the kernel is started at; the 64-bit one unless a test wants the other.
+    public var entry: LinuxBootEntry
     public var cpuid: CPUIDPolicy
     /// virtio-blk disks, in order: /dev/vda, /dev/vdb, …
     public var disks: [DiskConfiguration]
@@ -39,8 +41,8 @@ public struct LinuxGuestConfiguration: Sendable {
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = LinuxGuestConfiguration.defaultCommandLine,
         memorySize: Int = LinuxGuestConfiguration.defaultMemorySize, cpus: Int = 1, pit: PITChoice = .kvm,
-        cpuid: CPUIDPolicy = CPUIDPolicy(), disks: [DiskConfiguration] = [], trace: ExitTrace? = nil,
-        timeLimit: Duration? = nil
+        entry: LinuxBootEntry = .bits64, cpuid: CPUIDPolicy = CPUIDPolicy(), disks: [DiskConfiguration] = [],
+        trace: ExitTrace? = nil, timeLimit: Duration? = nil
     ) {
         self.kernelPath = kernelPath
         self.initrdPath = initrdPath
@@ -48,6 +50,7 @@ public struct LinuxGuestConfiguration: Sendable {
         self.memorySize = memorySize
         self.cpus = cpus
         self.pit = pit
+        self.entry = entry
         self.cpuid = cpuid
         self.disks = disks
         self.trace = trace
@@ -125,7 +128,7 @@ public final class LinuxGuest: @unchecked Sendable {
         do { memory = try GuestMemory(layout: LinuxBootLayout.guestMemoryLayout(size: configuration.memorySize)) } catch {
             throw .memory(error)
         }
-        let entryLayout = LinuxEntryLayout()
+        let entryLayout = LinuxEntryLayout(entry: configuration.entry)
         do {
             bootInfo = try LinuxLoader.load(
                 kernel: kernel, initrd: initrd, commandLine: commandLine, memory: memory,
@@ -204,7 +207,7 @@ public final class LinuxGuest: @unchecked Sendable {
                 }
                 if index == 0 {
                     let (registers, special) = entryLayout.cpuState(
-                        entry: bootInfo.entryPoint.rawValue, zeroPage: bootInfo.zeroPage.rawValue,
+                        entry: entryLayout.entryPoint(bootInfo), zeroPage: bootInfo.zeroPage.rawValue,
                         from: try vcpu.specialRegisters())
                     try vcpu.setSpecialRegisters(special)
                     try vcpu.setRegisters(registers)

@@ -60,6 +60,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Which 8254 PIT Linux gets: kvm (in-kernel, the default) or emulated.", valueName: "kvm|emulated"))
     var pit: String = PITChoice.kvm.rawValue
 
+    @Option(name: .long, help: ArgumentHelp("Which boot-protocol entry Linux is started at: 64 (long mode, the default) or 32 (code32_start, protected mode, paging off).", valueName: "64|32"))
+    var bootEntry: String = LinuxBootEntry.bits64.rawValue
+
     // .unconditional: the value itself starts with '-', which must not read as another option.
     @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("CPU features to hide from the guest, e.g. -xsave,-cx16.", valueName: "list"))
     var cpuFeatures: String = ""
@@ -132,6 +135,7 @@ struct Run: ParsableCommand {
         let size = try memorySize(default: LinuxGuestConfiguration.defaultMemorySize)
         guard size % 4096 == 0 else { throw UsageError("--memory must be a multiple of 4 KiB") }
         guard let pitChoice = PITChoice(rawValue: pit) else { throw UsageError("--pit must be kvm or emulated, not '\(pit)'") }
+        guard let entry = LinuxBootEntry(rawValue: bootEntry) else { throw UsageError("--boot-entry must be 64 or 32, not '\(bootEntry)'") }
         guard cpus >= 1 else { throw UsageError("--cpus must be at least 1") }
         let policy: CPUIDPolicy
         do { policy = try CPUIDPolicy(parsing: cpuFeatures) } catch { throw UsageError("\(error)") }
@@ -141,7 +145,7 @@ struct Run: ParsableCommand {
         }
         let configuration = LinuxGuestConfiguration(
             kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, memorySize: size, cpus: cpus, pit: pitChoice,
-            cpuid: policy, disks: disks, trace: try exitTrace(), timeLimit: try parsedTimeLimit())
+            entry: entry, cpuid: policy, disks: disks, trace: try exitTrace(), timeLimit: try parsedTimeLimit())
 
         let guest: LinuxGuest
         do {

@@ -88,6 +88,7 @@ import Testing
             (["--cpus", "0"], "--cpus must be at least 1"),
             (["--cpus", "100000"], "vCPUs this host's KVM allows"),
             (["--pit", "hpet"], "--pit must be kvm or emulated"),
+            (["--boot-entry", "16"], "--boot-entry must be 64 or 32"),
             (["--cpu-features", "-warpdrive"], "unknown feature 'warpdrive'"),
         ] {
             let result = try SwiftKVMProcess.run(["run", "--kernel", Paths.testKernel] + options)
@@ -134,7 +135,7 @@ import Testing
     @Test func helpDescribesTheOptions() throws {
         let result = try SwiftKVMProcess.run(["run", "--help"])
         #expect(result.status == 0)
-        for option in ["--kernel", "--initrd", "--cmdline", "--disk", "--trace", "--trace-file", "--stats", "--cpus", "--pit", "--cpu-features", "--firmware", "--mode", "--memory", "--load", "--entry", "--time-limit"] {
+        for option in ["--kernel", "--initrd", "--cmdline", "--disk", "--trace", "--trace-file", "--stats", "--cpus", "--pit", "--boot-entry", "--cpu-features", "--firmware", "--mode", "--memory", "--load", "--entry", "--time-limit"] {
             #expect(result.stdout.contains(option), "help lacks \(option)")
         }
     }

@@ -104,4 +104,23 @@ struct LinuxEntryLayoutTests {
         #expect(base + UInt64(IdentityPaging.size) <= 0x2_0000)
         #expect(base >= 0x8000)
     }
+
+    @Test func theThirtyTwoBitEntryRunsInProtectedModeWithPagingOff() throws {
+        let memory = try GuestMemory(size: 16 << 20)
+        let layout = LinuxEntryLayout(entry: .bits32)
+        try layout.install(in: memory)
+        // boot.rst: __BOOT_CS a flat 32-bit execute/read segment, __BOOT_DS flat read/write.
+        #expect(try memory.load(UInt64.self, at: GuestAddress(LinuxEntryLayout.gdtAddress + 0x10)) == 0x00CF_9B00_0000_FFFF)
+        #expect(try memory.load(UInt64.self, at: GuestAddress(LinuxEntryLayout.gdtAddress + 0x18)) == 0x00CF_9300_0000_FFFF)
+        let (registers, special) = layout.cpuState(entry: 0x10_0000, zeroPage: 0x7000, from: SpecialRegisters())
+        #expect(registers.rip == 0x10_0000)
+        #expect(registers.rsi == 0x7000)
+        #expect(registers.rbx == 0 && registers.rdi == 0 && registers.rbp == 0)
+        #expect(registers.rflags & 0x200 == 0, "interrupts disabled")
+        #expect(special.cs.selector == 0x10 && special.cs.defaultSize32 && !special.cs.longMode)
+        #expect(special.ds.selector == 0x18 && special.es.selector == 0x18 && special.ss.selector == 0x18)
+        #expect(special.cr0 & 0x8000_0001 == 0x1, "protected mode, paging off")
+        #expect(special.efer & 0x500 == 0)
+        #expect(LinuxEntryLayout().entry == .bits64)
+    }
 }
