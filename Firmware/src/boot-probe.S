@@ -4,27 +4,43 @@
 # Shape: a real x86 boot-protocol image (Documentation/arch/x86/boot.rst, protocol 2.15):
 #   file 0x000 ..< 0x400   setup: one boot sector plus setup_sects = 1 sector; the setup
 #                          header at 0x1F1 (boot flag, "HdrS", LOADED_HIGH, XLF_KERNEL_64, ...)
+#                          and a small real-mode setup after it
 #   file 0x400 ..< 0x1400  the protected-mode kernel (syssize 0x100 paragraphs), loaded at
-#                          1 MiB; its byte 0x200 (file 0x600, guest 0x100200) is the 64-bit entry
-# The real-mode setup code is never run (the VMM boots through the 64-bit entry only).
+#                          1 MiB; its byte 0 (guest 0x100000, code32_start) is the 32-bit entry,
+#                          its byte 0x200 (file 0x600, guest 0x100200) the 64-bit entry
 #
-# Mode: entered like Linux's startup_64: long mode, paging on, identity map, CS = 0x10,
-#       DS/ES/SS = 0x18, interrupts off, RSI = the zero page. Ring 0 (emulated here, so the
-#       code is short and loops run over a few hundred bytes at most). No IDT: any exception
-#       triple-faults.
-# Does: one line on COM1 per check,
+# Three ways in, as Linux has (boot.rst, "Running the kernel", "32-bit/64-bit Boot Protocol"):
+#   - 64-bit entry (SwiftKVM's default): long mode, paging on, identity map, CS = 0x10,
+#     DS/ES/SS = 0x18, interrupts off, RSI = the zero page.
+#   - 32-bit entry (code32_start, like Linux's startup_32): protected mode, paging off, flat
+#     CS = 0x10 and DS/ES/SS = 0x18, interrupts off, ESI = the zero page, EBX = EDI = EBP = 0.
+#     It checks that state (the entry32-* checks), identity-maps what it reads with 2 MiB pages,
+#     enters long mode itself and joins the 64-bit checks, skipping the ones about the 64-bit
+#     entry state (cs-selector ... rflags-if-clear), which it made itself.
+#   - real-mode setup (the jump at 0x200, CS = DS + 0x20): what a BIOS-style loader runs, e.g.
+#     QEMU's qboot for `-M microvm -kernel`. Like Linux's setup it builds a zeroed zero page with
+#     a copy of the setup header and the BIOS e820 map (int 0x15, AX = 0xE820), switches to
+#     protected mode and jumps to code32_start. It prints nothing.
+# Every entry runs ring 0 (emulated on KVM-PVM hosts, so the code is short and loops run over a
+# few hundred bytes or page-table entries at most). No IDT: any exception triple-faults.
+#
+# Does: the first line, at the first instruction that can print, is
+#           PROBE start boot-probe
+#       then one line on COM1 per check,
 #           PROBE ok NAME
 #           PROBE FAIL NAME got=0x<16 hex digits>
 #       values the host has to compare itself as
 #           PROBE value NAME 0x<16 hex digits>
 #       the command line as "PROBE cmdline <text>", then "PROBE DONE failures=0x...".
-#       Finally it writes the failure count to port 0xF4 (a unit-guest debug exit; a Linux
-#       guest's VMM drops it) and resets through the i8042 (0xFE to port 0x64), which ends a
-#       SwiftKVM Linux guest with outcome .rebooted.
+#       Finally it writes the failure count to port 0xF4 (a debug exit like QEMU's
+#       isa-debug-exit, whose exit status is then count * 2 + 1; a SwiftKVM Linux guest's VMM
+#       drops it) and resets through the i8042 (0xFE to port 0x64), which ends a SwiftKVM Linux
+#       guest with outcome .rebooted.
 # Expects from the host: the command line starts with "probe-marker=1234", the initrd starts
 #       with "PROBE-INITRD-OK!" and is at least 256 bytes long.
 #
-# All data references are RIP-relative, so the file links at 0 (flat.ld) and runs at 1 MiB.
+# The file links at 0 (flat.ld). 64-bit code uses RIP-relative data, so it runs at 1 MiB as
+# linked; 32-bit code uses absolute addresses (ABS), 16-bit code addresses the setup through DS.
 #
         .intel_syntax noprefix
 
@@ -34,7 +50,10 @@
         .set    PM_SIZE,        0x1000          # the protected-mode part, padded to this size
         .set    INIT_SIZE,      0x100000
         .set    CMDLINE_SIZE,   2047            # as Linux: COMMAND_LINE_SIZE - 1
-        .set    ZERO_PAGE,      0x7000          # where SwiftKVM puts boot_params
+        .set    STACK_TOP,      LOAD_ADDRESS + INIT_SIZE - 0x1000   # in our init_size region
+        .set    PAGE_TABLES,    LOAD_ADDRESS + 0x10000  # 32-bit entry: PML4, PDPT, 4 PDs (init_size region)
+        .set    SETUP_ZERO_PAGE, 0x1000         # real-mode setup: its zero page, at DS:0x1000 (the heap)
+        .set    RUN,            LOAD_ADDRESS - PM_OFFSET  # label + RUN: its run-time address (32-bit code)
 
         # boot_params offsets
         .set    BP_EXT_RAMDISK_IMAGE, 0x0C0
@@ -42,16 +61,19 @@
         .set    BP_EXT_CMD_LINE_PTR,  0x0C8
         .set    BP_E820_ENTRIES,      0x1E8
         .set    BP_SENTINEL,          0x1EF
+        .set    BP_SETUP_HEADER,      0x1F1
         .set    BP_HEADER,            0x202
         .set    BP_VERSION,           0x206
         .set    BP_TYPE_OF_LOADER,    0x210
         .set    BP_LOADFLAGS,         0x211
+        .set    BP_CODE32_START,      0x214
         .set    BP_RAMDISK_IMAGE,     0x218
         .set    BP_RAMDISK_SIZE,      0x21C
         .set    BP_CMD_LINE_PTR,      0x228
         .set    BP_CMDLINE_SIZE,      0x238
         .set    BP_INIT_SIZE,         0x260
         .set    BP_E820_TABLE,        0x2D0
+        .set    E820_MAX_ENTRIES,     128
 
         .set    COM1,           0x3F8
         .set    COM1_LSR,       0x3FD
@@ -62,13 +84,13 @@
 _start:
 
 # ---------------------------------------------------------------------------------------------
-# Setup sectors (never executed).
+# Setup sectors: a boot sector that is never run, the setup header, the real-mode setup.
 # ---------------------------------------------------------------------------------------------
         .code16
         cli
 1:      hlt
         jmp     1b
-        .ascii  "boot-probe: boot me through the 64-bit entry\0"
+        .ascii  "boot-probe: not a boot sector\0"
 
         .org    0x1F1
 hdr_setup_sects:        .byte   SETUP_SECTS
@@ -111,12 +133,83 @@ hdr_pref_address:       .quad   LOAD_ADDRESS
 hdr_init_size:          .long   INIT_SIZE
 hdr_handover_offset:    .long   0
 hdr_kernel_info_offset: .long   0
-setup_code:                                                 # 0x26C: the real-mode entry (unused)
-        cli
-1:      hlt
-        jmp     1b
 
-        .org    0x300
+# ---------------------------------------------------------------------------------------------
+# The real-mode setup (boot.rst, "Running the kernel"): entered at CS = DS + 0x20, IP = 0 (the
+# jump at 0x200) with DS = ES = SS = the setup's segment and interrupts off. It does what Linux's
+# setup does for a 32-bit entry, no more: a zero page, the BIOS memory map, protected mode.
+# Data is addressed through DS (base = the file's start), so labels are DS offsets.
+# ---------------------------------------------------------------------------------------------
+setup_code:                                                 # 0x26C
+        cli
+        cld
+        mov     ax, ds
+        mov     es, ax
+        mov     gs, ax                                      # GS keeps the setup's base below
+
+        # The zero page: 4 KiB of zeros at DS:SETUP_ZERO_PAGE, then the setup header copied in.
+        mov     di, SETUP_ZERO_PAGE
+        xor     eax, eax
+        mov     cx, 1024
+        rep     stosd
+        mov     si, BP_SETUP_HEADER
+        mov     di, SETUP_ZERO_PAGE + BP_SETUP_HEADER
+        mov     cx, offset setup_code - BP_SETUP_HEADER     # up to the end of the header (0x26C)
+        rep     movsb
+
+        # e820 (ACPI "Query System Address Map"): EBX carries the continuation value.
+        xor     ebx, ebx
+        mov     di, SETUP_ZERO_PAGE + BP_E820_TABLE
+1:      mov     eax, 0xE820
+        mov     edx, 0x534D4150                             # "SMAP"
+        mov     ecx, 20
+        int     0x15
+        jc      2f
+        cmp     eax, 0x534D4150
+        jne     2f
+        add     di, 20
+        inc     byte ptr [SETUP_ZERO_PAGE + BP_E820_ENTRIES]
+        test    ebx, ebx
+        jz      2f
+        cmp     byte ptr [SETUP_ZERO_PAGE + BP_E820_ENTRIES], E820_MAX_ENTRIES
+        jb      1b
+2:
+        # Protected mode with a flat __BOOT_CS (0x10) and __BOOT_DS (0x18), then a far jump to
+        # code32_start with ESI = the zero page and EBX = EDI = EBP = 0 (the 32-bit boot protocol).
+        mov     ax, ds
+        movzx   eax, ax
+        shl     eax, 4                                      # the setup's linear base
+        add     dword ptr [setup_gdt_pointer + 2], eax
+        data32 lgdt [setup_gdt_pointer]                     # a 32-bit base
+        mov     esi, eax
+        add     esi, SETUP_ZERO_PAGE
+        mov     ecx, [SETUP_ZERO_PAGE + BP_CODE32_START]
+        mov     [setup_jump_target], ecx
+        xor     ebx, ebx
+        xor     edi, edi
+        xor     ebp, ebp
+        mov     eax, cr0
+        or      al, 1                                       # PE
+        mov     cr0, eax
+        mov     ax, 0x18
+        mov     ds, ax
+        mov     es, ax
+        mov     fs, ax
+        mov     ss, ax
+        jmp     fword ptr gs:[setup_jump_target]            # GS still has the real-mode base
+
+        .balign 8
+setup_gdt:
+        .quad   0, 0
+        .quad   0x00CF9B000000FFFF                          # 0x10: 32-bit code, flat
+        .quad   0x00CF93000000FFFF                          # 0x18: data, flat
+setup_gdt_pointer:
+        .word   4 * 8 - 1
+        .long   setup_gdt                                   # + the setup's linear base at run time
+setup_jump_target:
+        .long   0                                           # code32_start
+        .word   0x10
+
 kernel_version:
         .asciz  "0.1.0-boot-probe (SwiftKVM boot-protocol probe)"
 
@@ -125,8 +218,81 @@ kernel_version:
 # ---------------------------------------------------------------------------------------------
         .org    PM_OFFSET
 pm_start:
-        .ascii  "boot-probe protected-mode image; 64-bit entry at +0x200\0"
 
+# ---------------------------------------------------------------------------------------------
+# The 32-bit entry (code32_start), like Linux's startup_32. Registers kept: EBP the failure
+# count (it must be 0 at entry, checked first). Everything else is in memory at absolute
+# addresses (label + RUN), as DS is flat.
+# ---------------------------------------------------------------------------------------------
+        .code32
+
+# verdict32 CC, NAME - the 32-bit verdict: CC true means passed; EAX is printed on failure.
+# Clobbers EAX, EBX, ECX, EDX, ESI, EDI, flags.
+.macro verdict32 cc, name
+        mov     esi, offset .Lname\@ + RUN
+        j\cc    .Lok\@
+        call    fail32
+        jmp     .Lend\@
+.Lok\@:
+        call    pass32
+        jmp     .Lend\@
+.Lname\@:
+        .asciz  "\name"
+.Lend\@:
+.endm
+
+entry32:
+        mov     esp, STACK_TOP
+        pushfd
+        pop     dword ptr [entry32_flags + RUN]
+        mov     [zero_page32 + RUN], esi
+        or      ebx, edi
+        or      ebx, ebp
+        mov     [entry32_registers + RUN], ebx
+        mov     byte ptr [entered_at_32 + RUN], 1
+        xor     ebp, ebp
+        cld
+
+        mov     esi, offset s_start + RUN
+        call    puts32
+
+        call    1f                                          # where we run
+1:      pop     eax
+        sub     eax, offset 1b - entry32
+        cmp     eax, LOAD_ADDRESS
+        verdict32 e, entry32-address
+
+        mov     ax, cs
+        movzx   eax, ax
+        cmp     eax, 0x10
+        verdict32 e, entry32-cs-selector
+        mov     ax, ds
+        movzx   eax, ax
+        cmp     eax, 0x18
+        verdict32 e, entry32-ds-selector
+        mov     ax, es
+        movzx   eax, ax
+        cmp     eax, 0x18
+        verdict32 e, entry32-es-selector
+        mov     ax, ss
+        movzx   eax, ax
+        cmp     eax, 0x18
+        verdict32 e, entry32-ss-selector
+
+        mov     eax, cr0
+        and     eax, 0x80000001
+        cmp     eax, 1
+        verdict32 e, entry32-cr0-pe-no-pg
+
+        mov     eax, [entry32_flags + RUN]
+        test    eax, 0x200
+        verdict32 z, entry32-rflags-if-clear
+
+        mov     eax, [entry32_registers + RUN]
+        test    eax, eax
+        verdict32 z, entry32-ebx-edi-ebp-zero
+
+        jmp     long_mode32
         .org    PM_OFFSET + 0x200
         .code64
 
@@ -155,6 +321,8 @@ pm_start:
 .Lend\@:
 .endm
 
+# ---------------------------------------------------------------------------------------------
+# The 64-bit entry, like Linux's startup_64 (and, from `checks` on, the 32-bit entry's path).
 # Registers kept across the checks: R15 the zero page, R14 the failure count, R13 RFLAGS at
 # entry, R12 the command line, R11 the initrd, R10 the end of the RAM entry holding the kernel,
 # R9 the e820 RAM total, R8 scratch, RBP the end of the kernel's init_size region.
@@ -174,6 +342,7 @@ entry64:
         cmp     rax, LOAD_ADDRESS + 0x200
         verdict e, entry-address
 
+checks:                                                     # the 32-bit entry joins here
         mov     rax, [rip + image_end_magic]                # the last bytes of syssize * 16
         movabs  rbx, 0x21444E452D424F52                     # "ROB-END!"
         cmp     rax, rbx
@@ -181,8 +350,7 @@ entry64:
 
         # --- 1. the zero page -------------------------------------------------------------------
         mov     rax, r15
-        cmp     rax, ZERO_PAGE
-        verdict e, zero-page-address
+        value   zero-page-address
 
         mov     eax, [r15 + BP_HEADER]
         cmp     eax, 0x53726448                             # "HdrS"
@@ -197,8 +365,7 @@ entry64:
         verdict e, zero-page-init-size
 
         movzx   eax, byte ptr [r15 + BP_TYPE_OF_LOADER]
-        cmp     eax, 0xFF
-        verdict e, type-of-loader
+        value   type-of-loader
 
         movzx   eax, byte ptr [r15 + BP_LOADFLAGS]
         test    al, 0x01
@@ -333,7 +500,9 @@ entry64:
         mov     rax, r8
         value   initrd-size
 
-        # --- 5. the CPU state at entry ----------------------------------------------------------
+        # --- 5. the CPU state at the 64-bit entry (the 32-bit entry checked its own) ------------
+        cmp     byte ptr [rip + entered_at_32], 0
+        jne     6f
         mov     ax, cs
         movzx   eax, ax
         cmp     eax, 0x10
@@ -371,7 +540,7 @@ entry64:
         mov     rax, r13
         test    eax, 0x200
         verdict z, rflags-if-clear
-
+6:
         # --- 6. the serial port -----------------------------------------------------------------
         mov     dx, COM1_LSR
         in      al, dx
@@ -511,7 +680,160 @@ memeq:
 3:      inc     rax
         ret
 
+# ---------------------------------------------------------------------------------------------
+# The 32-bit entry, continued: page tables, long mode, then the 64-bit checks.
+# ---------------------------------------------------------------------------------------------
+        .code32
+
+# Identity-maps [0, end) with 2 MiB pages, where end covers what the probe touches: its own
+# init_size region (code, stack, these tables), the zero page, the command line and the initrd.
+# Only the entries on those paths are written (the rest of each table is never walked).
+long_mode32:
+        mov     esi, [zero_page32 + RUN]
+        mov     eax, LOAD_ADDRESS + INIT_SIZE
+        lea     ecx, [esi + 0x1000]
+        cmp     ecx, eax
+        cmova   eax, ecx
+        mov     ecx, [esi + BP_CMD_LINE_PTR]
+        add     ecx, CMDLINE_SIZE + 1
+        jc      2f
+        cmp     ecx, eax
+        cmova   eax, ecx
+        mov     ecx, [esi + BP_RAMDISK_IMAGE]
+        add     ecx, [esi + BP_RAMDISK_SIZE]
+        jc      2f
+        cmp     ecx, eax
+        cmova   eax, ecx
+        add     eax, 0x1FFFFF
+        jc      2f
+        shr     eax, 21                                     # 2 MiB pages, at most 2048
+        jmp     3f
+2:      mov     eax, 2048                                   # an address wrapped: all of 4 GiB
+3:      mov     ecx, eax
+        mov     edi, PAGE_TABLES + 0x2000                   # the four page directories, in a row
+        mov     eax, 0x83                                   # present, writable, 2 MiB page
+1:      mov     [edi], eax
+        mov     dword ptr [edi + 4], 0
+        add     eax, 0x200000
+        add     edi, 8
+        dec     ecx
+        jnz     1b
+        mov     edi, PAGE_TABLES + 0x1000                   # PDPT[0..3] -> the directories
+        mov     eax, PAGE_TABLES + 0x2003
+        mov     ecx, 4
+1:      mov     [edi], eax
+        mov     dword ptr [edi + 4], 0
+        add     eax, 0x1000
+        add     edi, 8
+        dec     ecx
+        jnz     1b
+        mov     dword ptr [PAGE_TABLES], PAGE_TABLES + 0x1003   # PML4[0] -> the PDPT
+        mov     dword ptr [PAGE_TABLES + 4], 0
+
+        # Long mode (Intel SDM 3A, 10.8.5): PAE, CR3, EFER.LME, then CR0.PG; a 64-bit CS last.
+        lgdt    [gdt64_pointer + RUN]
+        mov     ax, 0x18
+        mov     ds, ax
+        mov     es, ax
+        mov     ss, ax
+        mov     eax, cr4
+        or      eax, 0x20                                   # PAE
+        mov     cr4, eax
+        mov     eax, PAGE_TABLES
+        mov     cr3, eax
+        mov     ecx, 0xC0000080                             # EFER
+        rdmsr
+        or      eax, 0x100                                  # LME
+        wrmsr
+        mov     eax, cr0
+        or      eax, 0x80000000                             # PG
+        mov     cr0, eax
+        push    0x10
+        push    offset entry64_via32 + RUN
+        retf
+
+# putc32: writes CL to COM1 once LSR.THRE is set. Clobbers AL, DX.
+putc32:
+        mov     dx, COM1_LSR
+1:      in      al, dx
+        test    al, 0x20
+        jz      1b
+        mov     dx, COM1
+        mov     al, cl
+        out     dx, al
+        ret
+
+# puts32: writes the NUL-terminated string at ESI (an absolute address). Clobbers AL, CL, DX, ESI.
+puts32:
+1:      mov     cl, [esi]
+        test    cl, cl
+        jz      2f
+        call    putc32
+        inc     esi
+        jmp     1b
+2:      ret
+
+# pass32: "PROBE ok <ESI>".
+pass32:
+        push    esi
+        mov     esi, offset s_ok + RUN
+        call    puts32
+        pop     esi
+        call    puts32
+        mov     cl, 10
+        jmp     putc32
+
+# fail32: "PROBE FAIL <ESI> got=0x00000000<EAX>", and one more failure counted (EBP).
+fail32:
+        inc     ebp
+        mov     ebx, eax
+        push    esi
+        mov     esi, offset s_fail + RUN
+        call    puts32
+        pop     esi
+        call    puts32
+        mov     esi, offset s_got32 + RUN
+        call    puts32
+        mov     edi, 8
+1:      rol     ebx, 4
+        mov     cl, bl
+        and     cl, 0x0F
+        add     cl, '0'
+        cmp     cl, '9'
+        jbe     2f
+        add     cl, 'A' - '0' - 10
+2:      call    putc32
+        dec     edi
+        jnz     1b
+        mov     cl, 10
+        jmp     putc32
+
+        .code64
+entry64_via32:
+        mov     esi, [rip + zero_page32]                    # zero-extends: the upper half is 0
+        mov     r15, rsi
+        lea     rsp, [rip + pm_start + INIT_SIZE - 0x1000]
+        mov     r14d, ebp                                   # failures so far
+        xor     r13d, r13d
+        cld
+        jmp     checks
+
+        .balign 8
+gdt64:
+        .quad   0
+        .quad   0x00CF9B000000FFFF                          # 0x08: 32-bit code, flat
+        .quad   0x00AF9B000000FFFF                          # 0x10: 64-bit code
+        .quad   0x00CF93000000FFFF                          # 0x18: data, flat
+gdt64_pointer:
+        .word   4 * 8 - 1
+        .long   gdt64 + RUN
+zero_page32:    .long   0                                   # the 32-bit entry's ESI
+entry32_flags:  .long   0                                   # its EFLAGS
+entry32_registers: .long 0                                  # its EBX | EDI | EBP
+entered_at_32:  .byte   0                                   # 1: the 32-bit entry ran
+
 s_start:        .asciz  "PROBE start boot-probe\n"
+s_got32:        .asciz  " got=0x00000000"
 s_ok:           .asciz  "PROBE ok "
 s_fail:         .asciz  "PROBE FAIL "
 s_got:          .asciz  " got="

@@ -13,18 +13,29 @@ struct BootProbeTests {
     static let commandLine = "probe-marker=1234 console=ttyS0"
     static let memorySize = 64 << 20
 
-    /// Every check the probe makes; each must print `PROBE ok NAME`.
-    static let checks = [
-        "entry-address", "image-loaded-whole",
-        "zero-page-address", "zero-page-signature", "zero-page-version", "zero-page-init-size",
-        "type-of-loader", "loadflags-loaded-high", "sentinel-clear",
+    /// The checks the probe makes whichever entry it was started at; each must print `PROBE ok NAME`.
+    static let commonChecks = [
+        "image-loaded-whole",
+        "zero-page-signature", "zero-page-version", "zero-page-init-size",
+        "loadflags-loaded-high", "sentinel-clear",
         "cmdline-pointer", "cmdline-marker", "cmdline-terminated",
         "e820-entries", "e820-ram-covers-kernel",
         "initrd-present", "initrd-page-aligned", "initrd-above-kernel", "initrd-in-ram", "initrd-pattern",
-        "cs-selector", "ds-selector", "es-selector", "ss-selector",
-        "cr0-pg-pe", "cr4-pae", "efer-lma", "rflags-if-clear",
         "serial-lsr-idle", "serial-scratch",
     ]
+
+    /// The checks of the state each entry point was called in (boot.rst's 64-bit and 32-bit boot
+    /// protocols); the probe makes only those of the entry it came through.
+    static func entryChecks(_ entry: LinuxBootEntry) -> [String] {
+        switch entry {
+        case .bits64:
+            ["entry-address", "cs-selector", "ds-selector", "es-selector", "ss-selector",
+             "cr0-pg-pe", "cr4-pae", "efer-lma", "rflags-if-clear"]
+        case .bits32:
+            ["entry32-address", "entry32-cs-selector", "entry32-ds-selector", "entry32-es-selector",
+             "entry32-ss-selector", "entry32-cr0-pe-no-pg", "entry32-rflags-if-clear", "entry32-ebx-edi-ebp-zero"]
+        }
+    }
 
     /// The initrd: the marker the probe compares, then bytes that make the checksum non-trivial.
     static func initrdBytes(count: Int) -> [UInt8] {
@@ -39,8 +50,10 @@ struct BootProbeTests {
 
     // Generous: the limit counts time spent waiting for a thread while the Linux boots in
     // LinuxGuestTests occupy the test pool; each guest run has its own short deadline.
-    @Test(.timeLimit(.minutes(20)))
-    func probeAcceptsTheBootProtocolAsLinuxWould() throws {
+    // Through the 64-bit entry (how SwiftKVM boots Linux) and the 32-bit one (code32_start, where
+    // the probe sets up long mode itself, as Linux's startup_32 does).
+    @Test(.timeLimit(.minutes(20)), arguments: LinuxBootEntry.allCases)
+    func probeAcceptsTheBootProtocolAsLinuxWould(entry: LinuxBootEntry) throws {
         let initrd = Self.initrdBytes(count: 10_000)
         let initrdFile = try TemporaryFile(contents: initrd)
         defer { initrdFile.remove() }
@@ -52,7 +65,7 @@ struct BootProbeTests {
             session = try LinuxSession(
                 LinuxGuestConfiguration(
                     kernelPath: Self.probePath, initrdPath: initrdFile.path, commandLine: Self.commandLine,
-                    memorySize: Self.memorySize, timeLimit: .seconds(120)))
+                    memorySize: Self.memorySize, entry: entry, timeLimit: .seconds(120)))
         } catch {
             Issue.record("\(error) — run `make -C Firmware` first")
             throw error
@@ -61,15 +74,19 @@ struct BootProbeTests {
         try session.waitFor("PROBE DONE", timeout: .seconds(100))
         let report = try session.waitForEnd(timeout: .seconds(20))
         let elapsed = clock.now - start
-        print("boot-probe: \(elapsed) from configuration to reset, \(report.duration) of guest run time")
+        print("boot-probe, \(entry.rawValue)-bit entry: \(elapsed) from configuration to reset, \(report.duration) of guest run time")
 
         let output = session.output
         let lines = output.split(whereSeparator: \.isNewline).map(String.init)
         #expect(report.outcome == .rebooted, "\(report.outcome); output: \(output)")
         #expect(lines.first == "PROBE start boot-probe", "\(output)")
         #expect(!lines.contains { $0.hasPrefix("PROBE FAIL") }, "\(output)")
-        for check in Self.checks {
+        for check in Self.commonChecks + Self.entryChecks(entry) {
             #expect(lines.contains("PROBE ok \(check)"), "no 'PROBE ok \(check)' in: \(output)")
+        }
+        let otherEntry: LinuxBootEntry = entry == .bits64 ? .bits32 : .bits64
+        for check in Self.entryChecks(otherEntry) {
+            #expect(!lines.contains("PROBE ok \(check)"), "'\(check)' belongs to the other entry: \(output)")
         }
         #expect(lines.contains("PROBE DONE failures=\(Self.hex(0))"), "\(output)")
         #expect(lines.contains("PROBE cmdline \(Self.commandLine)"), "\(output)")
@@ -92,6 +109,9 @@ struct BootProbeTests {
         #expect(values["initrd-sum"] == UInt64(sum), "\(output)")
         #expect(values["initrd-size"] == UInt64(initrd.count))
         #expect(values["initrd-address"] == session.guest.bootInfo.initrd?.address.rawValue)
+        #expect(values["zero-page-address"] == session.guest.bootInfo.zeroPage.rawValue)
+        #expect(values["zero-page-address"] == 0x7000)
+        #expect(values["type-of-loader"] == 0xFF, "boot.rst: 0xFF, a loader without an assigned id")
         // The loader places the initrd as high as it goes: the last page-aligned spot below 64 MiB.
         #expect(values["initrd-address"] == (UInt64(Self.memorySize) - UInt64(initrd.count)) & ~0xFFF)
     }
