@@ -5,7 +5,7 @@
 #   make build      build the swiftkvm tool (debug)
 #   make firmware   assemble the unit guests in Firmware/ into Firmware/build/*.bin
 #   make guest      build the guest kernels and initramfs images into $(SWIFTKVM_CACHE)
-#   make bench      measure swiftkvm against the C baseline, side by side
+#   make bench      measure swiftkvm against the C baseline and QEMU microvm, side by side
 #   make bench-linux  boot the test kernel under swiftkvm and QEMU microvm, alternating
 #   make bench-disk   virtio-blk read throughput under swiftkvm and QEMU microvm, side by side
 #   make firmware-demo  run a firmware guest in each CPU mode
@@ -59,7 +59,9 @@ test: deps firmware test-guest docs
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
-bench: release firmware baseline
+# The C baseline comparison, then the boot probe under swiftkvm and QEMU microvm (BENCH_FLAGS:
+# e.g. --quick, --probe-only, --no-probe; see .build/release/swiftkvm-bench --help).
+bench: release firmware baseline qemu
 	.build/release/swiftkvm-bench $(BENCH_FLAGS)
 
 qemu:

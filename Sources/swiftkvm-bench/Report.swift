@@ -4,6 +4,8 @@ struct Results {
     var baselineRoundTrips: [UInt64] = []
     var swiftExitRates: [ExitRateSample] = []
     var baselineExitRates: [ExitRateSample] = []
+    var swiftProbeBoots: [ProbeBootSample] = []
+    var qemuProbeBoots: [ProbeBootSample] = []
 }
 
 /// Whether a target was met, for the verdict column and the exit status.
@@ -11,7 +13,7 @@ enum Verdict: String {
     case meets, misses
 }
 
-/// The comparison table.
+/// The comparison tables: against the C baseline, and against QEMU.
 struct Report {
     static let roundTripTargetNanoseconds = 1_000_000.0
     /// Ours must reach at least this fraction of C's exit rate.
@@ -20,6 +22,7 @@ struct Report {
     let results: Results
     private(set) var verdicts: [Verdict] = []
     private var rows: [[String]] = []
+    private var probeRows: [[String]] = []
 
     init(results: Results) {
         self.results = results
@@ -27,6 +30,8 @@ struct Report {
     }
 
     private mutating func build() {
+        buildProbe()
+        guard !results.swiftRoundTrips.isEmpty || !results.swiftExitRates.isEmpty else { return }
         rows.append(["metric", "swiftkvm", "C baseline", "ratio (ours/C)", "target", "verdict"])
         if let ours = Summary(results.swiftRoundTrips.map { Double($0) }),
             let theirs = Summary(results.baselineRoundTrips.map { Double($0) })
@@ -55,9 +60,46 @@ struct Report {
         }
     }
 
+    /// Spawn → first output byte and spawn → exit, both sides; the target is to be faster than QEMU.
+    private mutating func buildProbe() {
+        guard let ours = Summaries(results.swiftProbeBoots), let theirs = Summaries(results.qemuProbeBoots) else { return }
+        probeRows.append(["boot probe, from spawn", "swiftkvm", "QEMU microvm", "ratio (ours/QEMU)", "target", "verdict"])
+        for (name, ourSummary, theirSummary) in [
+            ("to first output", ours.firstOutput, theirs.firstOutput), ("to exit", ours.exit, theirs.exit),
+        ] {
+            let verdict: Verdict = ourSummary.median < theirSummary.median ? .meets : .misses
+            verdicts.append(verdict)
+            probeRows.append(["\(name), median", Self.milliseconds(ourSummary.median), Self.milliseconds(theirSummary.median),
+                              Self.ratio(ourSummary.median, theirSummary.median), "faster than QEMU", verdict.rawValue])
+            probeRows.append(["\(name), min", Self.milliseconds(ourSummary.minimum), Self.milliseconds(theirSummary.minimum),
+                              Self.ratio(ourSummary.minimum, theirSummary.minimum), "", ""])
+            probeRows.append(["\(name), p90", Self.milliseconds(ourSummary.p90), Self.milliseconds(theirSummary.p90),
+                              Self.ratio(ourSummary.p90, theirSummary.p90), "", ""])
+        }
+    }
+
+    /// Order statistics of one side's probe boots.
+    private struct Summaries {
+        let firstOutput: Summary
+        let exit: Summary
+
+        init?(_ samples: [ProbeBootSample]) {
+            guard let firstOutput = Summary(samples.map { Double($0.firstOutput) }),
+                let exit = Summary(samples.map { Double($0.exit) })
+            else { return nil }
+            (self.firstOutput, self.exit) = (firstOutput, exit)
+        }
+    }
+
     var allTargetsMet: Bool { verdicts.allSatisfy { $0 == .meets } }
 
-    var table: String {
+    /// The C-baseline table ("" when that part did not run).
+    var table: String { Self.render(rows) }
+    /// The QEMU table ("" when that part did not run).
+    var probeTable: String { Self.render(probeRows) }
+
+    private static func render(_ rows: [[String]]) -> String {
+        guard !rows.isEmpty else { return "" }
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
         return rows.enumerated().map { index, row in
             let line = row.enumerated().map { column, cell in
