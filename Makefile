@@ -6,7 +6,7 @@
 #   make firmware   assemble the unit guests in Firmware/ into Firmware/build/*.bin
 #   make guest      build the guest kernels and initramfs images into $(SWIFTKVM_CACHE)
 #   make bench      measure swiftkvm against the C baseline and QEMU microvm, side by side
-#   make bench-linux  boot the test kernel under swiftkvm and QEMU microvm, alternating
+#   make bench-linux  boot the test kernel under swiftkvm (both PITs) and QEMU microvm, taking turns
 #   make bench-disk   virtio-blk read throughput under swiftkvm and QEMU microvm, side by side
 #   make firmware-demo  run a firmware guest in each CPU mode
 #   make docs       DocC API documentation for each library module into .build/docs/
@@ -68,7 +68,8 @@ qemu:
 	@command -v qemu-system-x86_64 >/dev/null || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-system-x86; }
 
-# Linux boot, swiftkvm against QEMU microvm on the same kernel and initramfs (minutes per round here).
+# Linux boot, swiftkvm (--pit kvm and --pit emulated) against QEMU microvm on the same kernel and
+# initramfs (minutes per round here). BENCH_LINUX_FLAGS: --rounds N, --sides a,b, --deadline S.
 bench-linux: release test-guest qemu
 	python3 Benchmarks/linux-boot.py $(BENCH_LINUX_FLAGS)
 
