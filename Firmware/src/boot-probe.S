@@ -22,7 +22,8 @@
 #     a copy of the setup header and the BIOS e820 map (int 0x15, AX = 0xE820), switches to
 #     protected mode and jumps to code32_start. It prints nothing.
 # Every entry runs ring 0 (emulated on KVM-PVM hosts, so the code is short and loops run over a
-# few hundred bytes or page-table entries at most). No IDT: any exception triple-faults.
+# few hundred bytes, or one page-table entry per 2 MiB the probe reads: 32 for a 64 MiB guest).
+# No IDT: any exception triple-faults.
 #
 # Does: the first line, at the first instruction that can print, is
 #           PROBE start boot-probe
@@ -40,7 +41,8 @@
 #       with "PROBE-INITRD-OK!" and is at least 256 bytes long.
 #
 # The file links at 0 (flat.ld). 64-bit code uses RIP-relative data, so it runs at 1 MiB as
-# linked; 32-bit code uses absolute addresses (ABS), 16-bit code addresses the setup through DS.
+# linked; 32-bit code uses absolute addresses (label + RUN), 16-bit code addresses the setup
+# through DS.
 #
         .intel_syntax noprefix
 
