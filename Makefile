@@ -60,9 +60,11 @@ test: deps firmware test-guest docs
 	$(SWIFT) test --skip-build
 
 # The C baseline comparison, then the boot probe under swiftkvm and QEMU microvm (BENCH_FLAGS:
-# e.g. --quick, --probe-only, --no-probe; see .build/release/swiftkvm-bench --help).
-bench: release firmware baseline qemu
+# e.g. --quick, --probe-only, --no-probe; see .build/release/swiftkvm-bench --help), then the
+# virtio-blk comparison of bench-disk (BENCH_DISK_FLAGS, e.g. --linux-rounds 0 to skip its Linux boots).
+bench: release firmware baseline qemu test-guest
 	.build/release/swiftkvm-bench $(BENCH_FLAGS)
+	python3 Benchmarks/disk.py $(BENCH_DISK_FLAGS)
 
 qemu:
 	@command -v qemu-system-x86_64 >/dev/null || { apt-get update -q && \
