@@ -1,0 +1,139 @@
+/*
+ * acpi-power - a bzImage-shaped guest that ends the machine the way a Linux kernel would.
+ *
+ * `action=poweroff` (the default): like Linux's acpi_power_off on a hardware-reduced ACPI
+ * machine, it finds the RSDP (boot_params.acpi_rsdp_addr, zero page offset 0x070), follows it to
+ * the XSDT, finds the FADT ("FACP") and its SLEEP_CONTROL_REG, finds the `\_S5_` package in the
+ * DSDT for the S5 sleep type, and writes SLP_TYP << 2 | SLP_EN to that register.
+ * `action=panic`: what Linux's pvpanic driver does in a panic notifier: writes PANICKED (1) to
+ * the pvpanic I/O port, 0x505 (the port the DSDT's QEMU0001 device declares).
+ *
+ * Prints one `POWER …` line per step on COM1. If the machine is still running afterwards it
+ * prints `POWER still running` and returns (bzimage-start.S then resets through the i8042).
+ * Ring 0, long mode, short loops: every instruction is emulated on KVM-PVM.
+ */
+#include "guest.h"
+
+static void put_hex(uint64_t value)
+{
+    char digits[19] = "0x";
+    int length = 2;
+    int shift = 60;
+    while (shift > 0 && ((value >> shift) & 0xF) == 0)
+        shift -= 4;
+    for (; shift >= 0; shift -= 4)
+        digits[length++] = "0123456789abcdef"[(value >> shift) & 0xF];
+    digits[length] = 0;
+    puts(digits);
+}
+
+static void line(const char *text, uint64_t value)
+{
+    puts(text);
+    put_hex(value);
+    putc('\n');
+}
+
+static int same(const volatile uint8_t *bytes, const char *text, int count)
+{
+    for (int i = 0; i < count; i++)
+        if (bytes[i] != (uint8_t)text[i])
+            return 0;
+    return 1;
+}
+
+static uint32_t load32(const volatile uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
+static uint64_t load64(const volatile uint8_t *p) { return load32(p) | (uint64_t)load32(p + 4) << 32; }
+
+/* The table with `signature` listed in the XSDT at `xsdt`, or 0. */
+static const volatile uint8_t *find_table(const volatile uint8_t *xsdt, const char *signature)
+{
+    uint32_t length = load32(xsdt + 4);
+    for (uint32_t offset = 36; offset + 8 <= length; offset += 8) {
+        const volatile uint8_t *table = (const volatile uint8_t *)(uintptr_t)load64(xsdt + offset);
+        if (same(table, signature, 4))
+            return table;
+    }
+    return 0;
+}
+
+/* SLP_TYPa of `\_S5_` in the DSDT: NameOp "_S5_" PackageOp PkgLength NumElements then the first
+ * element (ZeroOp, OneOp or BytePrefix n). Returns -1 if it is not there. */
+static int soft_off_type(const volatile uint8_t *dsdt)
+{
+    uint32_t length = load32(dsdt + 4);
+    for (uint32_t i = 36; i + 8 < length; i++) {
+        if (!same(dsdt + i, "_S5_", 4) || dsdt[i + 4] != 0x12)
+            continue;
+        uint32_t at = i + 5;
+        at += 1 + (dsdt[at] >> 6);          /* PkgLength: lead byte + 0..3 follow bytes */
+        at += 1;                            /* NumElements */
+        switch (dsdt[at]) {
+        case 0x00: return 0;
+        case 0x01: return 1;
+        case 0x0A: return dsdt[at + 1];
+        default: return -1;
+        }
+    }
+    return -1;
+}
+
+static int option_is(const char *command_line, const char *word)
+{
+    for (const char *p = command_line; *p; p++) {
+        if (p != command_line && p[-1] != ' ')
+            continue;
+        const char *a = p, *b = word;
+        while (*b && *a == *b) {
+            a++;
+            b++;
+        }
+        if (!*b && (*a == ' ' || *a == 0))
+            return 1;
+    }
+    return 0;
+}
+
+int guest_main(const unsigned char *boot_params)
+{
+    uint64_t pointer = *(const uint32_t *)(boot_params + 0x228) | (uint64_t)*(const uint32_t *)(boot_params + 0x0C8) << 32;
+    const char *command_line = pointer ? (const char *)(uintptr_t)pointer : "";
+
+    if (option_is(command_line, "action=panic")) {
+        puts("POWER panic: writing PANICKED to the pvpanic port 0x505\n");
+        outb(0x505, 1);
+        puts("POWER still running\n");
+        return 1;
+    }
+
+    uint64_t rsdp_address = *(const volatile uint64_t *)(boot_params + 0x070);
+    line("POWER rsdp ", rsdp_address);
+    const volatile uint8_t *rsdp = (const volatile uint8_t *)(uintptr_t)rsdp_address;
+    if (!rsdp_address || !same(rsdp, "RSD PTR ", 8) || rsdp[15] < 2) {
+        puts("POWER FAIL no ACPI 2.0 RSDP at boot_params.acpi_rsdp_addr\n");
+        return 1;
+    }
+    const volatile uint8_t *xsdt = (const volatile uint8_t *)(uintptr_t)load64(rsdp + 24);
+    const volatile uint8_t *fadt = find_table(xsdt, "FACP");
+    if (!same(xsdt, "XSDT", 4) || !fadt) {
+        puts("POWER FAIL no XSDT or no FADT\n");
+        return 1;
+    }
+    const volatile uint8_t *dsdt = (const volatile uint8_t *)(uintptr_t)load64(fadt + 140);  /* X_DSDT */
+    int type = soft_off_type(dsdt);
+    /* SLEEP_CONTROL_REG: a Generic Address Structure at FADT offset 244 (space id, width, offset,
+     * access size, 64-bit address). Space 1 is system I/O. */
+    uint8_t space = fadt[244];
+    uint64_t reg = load64(fadt + 248);
+    line("POWER sleep-control space ", space);
+    line("POWER sleep-control address ", reg);
+    line("POWER s5-type ", (uint64_t)type);
+    if (type < 0 || space != 1 || reg > 0xFFFF) {
+        puts("POWER FAIL no usable _S5_ or SLEEP_CONTROL_REG\n");
+        return 1;
+    }
+    puts("POWER off\n");
+    outb((uint16_t)reg, (uint8_t)(type << 2 | 0x20));
+    puts("POWER still running\n");
+    return 1;
+}
