@@ -8,9 +8,11 @@ import Testing
 ///
 /// - a repository path (it contains `/` or ends in a source extension such as `.swift`, `.S`,
 ///   `.md`) must exist, relative to the page or to the repository root. Absolute paths (`/dev/kvm`,
-///   `/var/cache/swiftkvm`) are host or guest paths and are not checked. Build outputs are checked
-///   against what they are built from: `Firmware/build/NAME.bin` needs `Firmware/src/NAME.S` or
-///   `.c`. A glob (`Firmware/src/*.S`) must match something.
+///   `/var/cache/swiftkvm`) are host or guest paths, and paths in the Linux source tree
+///   (`linuxSourceTree`) are the kernel's: neither is checked. Build outputs are checked against
+///   what they are built from: `Firmware/build/NAME.bin` needs `Firmware/src/NAME.S` or `.c`. A glob
+///   (`Firmware/src/*.S`) must match something; a `NAME` placeholder needs its folder.
+/// - a link's file must exist, and its `#fragment` must be a heading of that page.
 /// - a Swift name — `Type`, `Type.member`, `Type.member(label:other:)`, `Type(label: value)`,
 ///   `Type<…>`, `.enumCase(label:)` — must be declared in Sources/ or Tests/ (`struct`, `class`,
 ///   `enum`, `protocol`, `actor`, `typealias` or `extension`, nested ones included); a member must
@@ -18,7 +20,9 @@ import Testing
 ///   type; argument labels must match a declaration: exactly for a selector (`run(timeLimit:)`),
 ///   in order for a call (`UnitGuest(contentsOf: path, mode: .long)`). An UpperCamelCase name that is
 ///   not ours must be in `notOurTypes`. Names in capitals only (`KVM_RUN`, `EINTR`, `LSR`) are C or
-///   hardware names and are checked only if they are one of our types (`VCPU`, `I8042`).
+///   hardware names and are checked only if they are one of our types (`VCPU`, `I8042`). A member
+///   named alone is checked when its shape says Swift: camelCase (`enqueueInput`) or labels
+///   (`read(offset:data:)`); `hlt`, `putc` or `cmd_line_ptr` are not.
 /// - `ckvm_…` and `CKVM_…` must appear in Sources/CKVM.
 /// - `--option` (alone, or in a `swiftkvm …` command) must be an option of `swiftkvm` or
 ///   `swiftkvm-bench`; `make TARGET` and `make -C DIR TARGET` must name a Makefile target.
@@ -60,7 +64,7 @@ import Testing
             Good: `Sources/VMM/Machine.swift`, `Machine`, `Machine.run(timeLimit:)`, `GuestOutcome.exited(status:)`,
             `UnitGuest(contentsOf: "Firmware/build/answer.bin", mode: .long)`, `.timedOut`, `Bus.Entry.label`,
             `CKVM_RUN`, `--trace`, `make test`, `Firmware/src/*.S`, `Firmware/build/hello-long.bin`, `KVM_RUN`,
-            `/dev/kvm`, `swiftkvm run --firmware Firmware/build/hello-long.bin --trace`, [the index](README.md).
+            `/dev/kvm`, `swiftkvm run --firmware Firmware/build/hello-long.bin --trace`, [the index](README.md), `Firmware/src/NAME.c`.
 
             ```swift
             let ignored = `NotCheckedInFencedCode`
@@ -69,16 +73,19 @@ import Testing
             Bad: `Sources/VMM/Nowhere.swift`, `NoSuchType`, `Machine.noSuchMember`, `Machine.run(deadline:)`,
             `.noSuchCase`, `ckvm_no_such_shim`, `--no-such-option`, `make no-such-target`, [gone](gone.md),
             `Firmware/build/no-such-guest.bin`, `swiftkvm run --no-such-flag`, `Firmware/src/*.zig`,
-            `UnitGuest(mode: .long, contentsOf: "x")`, `Bus.NoSuchNested.label`
+            `UnitGuest(mode: .long, contentsOf: "x")`, `Bus.NoSuchNested.label`, [a](README.md#no-such-heading),
+            [b](#bad-anchor). Good again: [c](how-kvm-works.md#interrupts-back-in), [d](#a-page), `setLevel(true)`,
+            `read(offset:data:)`, `enqueueInput`, `kvm_run.io`, `hlt`. Bad: `enqueueInputs`, `setLevel(high:)`.
             """
         let problems = checker.problems(in: page, document: "docs/example.md")
         #expect(problems.map(\.token) == [
             "Sources/VMM/Nowhere.swift", "NoSuchType", "Machine.noSuchMember", "Machine.run(deadline:)",
             ".noSuchCase", "ckvm_no_such_shim", "--no-such-option", "make no-such-target", "gone.md",
             "Firmware/build/no-such-guest.bin", "swiftkvm run --no-such-flag", "Firmware/src/*.zig",
-            "UnitGuest(mode: .long, contentsOf: \"x\")", "Bus.NoSuchNested.label",
+            "UnitGuest(mode: .long, contentsOf: \"x\")", "Bus.NoSuchNested.label", "README.md#no-such-heading",
+            "#bad-anchor", "enqueueInputs", "setLevel(high:)",
         ])
-        #expect(problems.map(\.line) == [12, 12, 12, 12, 13, 13, 13, 13, 13, 14, 14, 14, 15, 15])
+        #expect(problems.map(\.line) == [12, 12, 12, 12, 13, 13, 13, 13, 13, 14, 14, 14, 15, 15, 15, 16, 17, 17])
         #expect(problems.first?.description.hasPrefix("docs/example.md:12: `Sources/VMM/Nowhere.swift`") == true)
     }
 }
@@ -104,6 +111,12 @@ struct DocsChecker {
         "HdrS",  // the bzImage header magic (boot.rst)
     ]
 
+    /// ELF section names the pages use (`.bss`): not enum cases.
+    static let sectionNames: Set<String> = [".bss", ".text", ".data", ".rodata", ".setup"]
+
+    /// Words that stand for any file name in a path (`Firmware/src/NAME.c`): its folder must exist.
+    static let placeholders: Set<String> = ["NAME", "FILE"]
+
     /// File extensions that make a code span a repository path even without a `/`.
     static let pathExtensions = ["swift", "S", "c", "h", "ld", "py", "sh", "md", "inc", "patch", "config", "docc"]
 
@@ -113,6 +126,10 @@ struct DocsChecker {
     static let outsideRepository: [String: [String]] = [
         "Firmware/linux/README.md": ["test-kernel/", "stock-kernel/", "debs/", "build/"]
     ]
+
+    /// Where paths in the Linux kernel's source tree begin, which the pages cite
+    /// (`Documentation/arch/x86/boot.rst`, `drivers/virtio/virtio_mmio.c`): not ours, not checked.
+    static let linuxSourceTree = ["Documentation/", "drivers/", "arch/x86/"]
 
     let root: String
     /// Type name → the files (relative) that declare or extend it.
@@ -171,7 +188,7 @@ struct DocsChecker {
             let reason: String?
             switch span.kind {
             case .code: reason = check(code: span.text, document: document, directory: directory)
-            case .link: reason = checkLink(span.text, directory: directory)
+            case .link: reason = checkLink(span.text, directory: directory, page: text)
             }
             if let reason { problems.append(DocsProblem(document: document, line: span.line, token: span.text, reason: reason)) }
         }
@@ -192,15 +209,27 @@ struct DocsChecker {
             return cNames.contains(first) ? nil : "not in Sources/CKVM"
         }
         if looksLikePath(first) { return check(path: first, document: document, directory: directory) }
+        if Self.sectionNames.contains(first) { return nil }
         if let reference = SwiftReference(first) { return check(reference) }
         return nil
     }
 
-    func checkLink(_ target: String, directory: String) -> String? {
-        if target.contains("://") || target.hasPrefix("mailto:") || target.hasPrefix("#") { return nil }
-        let path = String(target.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0])
-        let resolved = normalize(directory.isEmpty ? path : "\(directory)/\(path)")
-        return exists(resolved) ? nil : "the link's target \(resolved) does not exist"
+    /// A relative link's file must exist; a `#fragment` into a Markdown page must name one of its headings.
+    func checkLink(_ target: String, directory: String, page: String) -> String? {
+        if target.contains("://") || target.hasPrefix("mailto:") { return nil }
+        let parts = target.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+        let path = parts[0]
+        var text = page
+        var shown = "this page"
+        if !path.isEmpty {
+            let resolved = normalize(directory.isEmpty ? path : "\(directory)/\(path)")
+            guard exists(resolved) else { return "the link's target \(resolved) does not exist" }
+            guard parts.count > 1, resolved.hasSuffix(".md") else { return nil }
+            text = (try? read(resolved)) ?? ""
+            shown = resolved
+        }
+        guard parts.count > 1 else { return nil }
+        return MarkdownSpans.headingAnchors(in: text).contains(parts[1]) ? nil : "\(shown) has no heading #\(parts[1])"
     }
 
     // MARK: - Paths
@@ -215,6 +244,7 @@ struct DocsChecker {
 
     func check(path token: String, document: String, directory: String) -> String? {
         if Self.outsideRepository[document]?.contains(where: { token.hasPrefix($0) }) == true { return nil }
+        if Self.linuxSourceTree.contains(where: { token.hasPrefix($0) }) { return nil }
         let candidates = (directory.isEmpty ? [] : [normalize("\(directory)/\(token)")]) + [normalize(token)]
         var reasons: [String] = []
         for candidate in candidates {
@@ -235,9 +265,14 @@ struct DocsChecker {
             // `make firmware` output: the guest's source must exist.
             let file = (path as NSString).lastPathComponent
             let name = String(file.prefix { $0 != "." })
-            if name.isEmpty || name.contains("*") || name.allSatisfy({ $0.isUppercase }) { return nil }  // a glob or NAME
+            if name.isEmpty || name.contains("*") || Self.placeholders.contains(name) { return nil }
             let sources = ["Firmware/src/\(name).S", "Firmware/src/\(name).c"]
             return sources.contains(where: exists) ? nil : "no \(sources.joined(separator: " or ")) builds \(path)"
+        }
+        let stem = String((path as NSString).lastPathComponent.prefix { $0 != "." })
+        if Self.placeholders.contains(stem) {
+            let directory = (path as NSString).deletingLastPathComponent
+            return directory.isEmpty || isDirectory(directory) ? nil : "\(directory) is not a directory"
         }
         if path.contains("*") || path.contains("?") {
             let directory = (path as NSString).deletingLastPathComponent
@@ -336,8 +371,7 @@ struct DocsChecker {
             return reference.arguments.flatMap { check(arguments: $0, of: name, in: files, keyword: "case") }
         }
         let first = reference.components[0]
-        // `kvm_run.io`, `run.reports`: a C struct or a value; their members are not Swift declarations.
-        guard first.first?.isUppercase == true else { return nil }
+        guard first.first?.isUppercase == true else { return check(member: reference) }
         guard var files = typeFiles[first] else {
             if modules.contains(first) || Self.notOurTypes.contains(first) { return nil }
             let isUpperCamelCase = first.first?.isUppercase == true && first.contains(where: \.isLowercase)
@@ -364,6 +398,19 @@ struct DocsChecker {
             return check(arguments: arguments, of: "init", in: files, keyword: "init")
         }
         return nil
+    }
+
+    /// A member named without its type: `enqueueInput`, `setLevel(_:)`, `read(offset:data:)`. Only
+    /// names that are Swift by their shape are checked — camelCase, or with argument labels — since
+    /// `hlt`, `putc`, `kvm_run.io` and `run.reports` are instructions, C or values in an example.
+    func check(member reference: SwiftReference) -> String? {
+        let name = reference.components[0]
+        let isCamelCase = name.contains(where: \.isUppercase) && !name.contains("_")
+        let hasLabels = reference.arguments?.contains(":") == true
+        guard reference.components.count == 1, isCamelCase || hasLabels else { return nil }
+        let files = Set(declared.compactMap { $0.value.contains(name) ? $0.key : nil })
+        if files.isEmpty { return "nothing named \(name) is declared in Sources/ or Tests/" }
+        return reference.arguments.flatMap { check(arguments: $0, of: name, in: files, keyword: "func") }
     }
 
     /// Whether `arguments` (inside the parentheses) fits a declaration of `name` in `files`.
@@ -685,6 +732,21 @@ enum MarkdownSpans {
         let kind: Kind
         let text: String
         let line: Int
+    }
+
+    /// The anchors GitHub gives the headings of `text`: lowercased, punctuation dropped, spaces as `-`.
+    static func headingAnchors(in text: String) -> Set<String> {
+        var anchors: Set<String> = []
+        var inFence = false
+        for line in text.split(separator: "\n") {
+            let trimmed = line.drop { $0 == " " }
+            if trimmed.hasPrefix("```") || trimmed.hasPrefix("~~~") { inFence.toggle() }
+            guard !inFence, line.hasPrefix("#") else { continue }
+            let title = line.drop { $0 == "#" }.trimmingCharacters(in: .whitespaces).lowercased()
+            let kept = title.filter { $0.isLetter || $0.isNumber || $0 == " " || $0 == "-" || $0 == "_" }
+            anchors.insert(kept.replacingOccurrences(of: " ", with: "-"))
+        }
+        return anchors
     }
 
     static func scan(_ text: String) -> [Span] {
