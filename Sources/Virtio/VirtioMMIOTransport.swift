@@ -288,7 +288,8 @@ public final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
         }
         switch outcome {
         case .success(let result):
-            guard result.used > 0 else { return }
+            // A driver that reset the device meanwhile is not interrupted for the old queue.
+            guard result.used > 0, registers.withLock({ $0.generation == generation }) else { return }
             interruptStatus.bitwiseOr(Virtio.Interrupt.usedBuffer, ordering: .acquiringAndReleasing)
             if !result.quiet { interrupt.trigger() }
         case .failure(let error):
