@@ -99,12 +99,14 @@ public final class Serial16550: BusDevice, @unchecked Sendable {
         }
     }
 
-    /// Whether the guest's driver is reading the port: received-data interrupts enabled, no
-    /// loopback. Linux's 8250 driver enables them when the tty is opened (`serial8250_startup`),
-    /// after clearing the FIFOs, so input offered before then would be thrown away.
+    /// Whether the guest's driver is reading the port: received-data interrupts enabled, the
+    /// FIFOs on, no loopback. Linux's 8250 driver clears and disables the FIFOs when the tty is
+    /// opened (`serial8250_do_startup`), then in `serial8250_do_set_termios` writes IER (RDI on)
+    /// and only after the divisor and LCR turns the FIFOs on again, which clears the receive FIFO
+    /// once more: input offered before the FIFOs are on would be thrown away.
     public var isReceiving: Bool {
         state.withLock { state in
-            !state.isLoopback && state.interruptEnable & Self.ierReceivedData != 0
+            !state.isLoopback && state.fifosEnabled && state.interruptEnable & Self.ierReceivedData != 0
         }
     }
 

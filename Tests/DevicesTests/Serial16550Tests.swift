@@ -206,6 +206,8 @@ private final class Harness {
         uart.write(ier, 0x02)
         #expect(!uart.serial.isReceiving)
         uart.write(ier, 0x05)  // what serial8250_startup enables: RLSI | RDI
+        #expect(!uart.serial.isReceiving)  // FIFOs still off: turning them on clears the receive FIFO
+        uart.write(iirFCR, 0x81)
         #expect(uart.serial.isReceiving)
         uart.write(mcr, 0x10)
         #expect(!uart.serial.isReceiving)
