@@ -43,10 +43,13 @@ public final class HostTerminal: @unchecked Sendable {
 }
 
 /// Reads the host's standard input on a thread of its own and hands the bytes to the guest's
-/// console, waiting while the guest's receive FIFO is full (so nothing typed or piped is lost).
+/// console, waiting while the guest's receive FIFO is full or its driver is not reading yet.
 ///
-/// On a terminal, Ctrl-A x calls `onQuit`. At the end of a pipe or file it just stops reading:
-/// the guest goes on until it ends itself.
+/// Piped input waits as long as it takes, so a script loses nothing. Typed input (a terminal)
+/// waits at most `typingPatience`, then is dropped as a real UART's overrun would drop it: a
+/// guest that never reads its console must not keep Ctrl-A x from working. On a terminal,
+/// Ctrl-A x calls `onQuit`. At the end of a pipe or file the pump just stops reading: the guest
+/// goes on until it ends itself.
 public final class ConsoleInputPump: @unchecked Sendable {
     /// Offers bytes to the guest; returns how many it took.
     public typealias Sink = ([UInt8]) -> Int
@@ -99,8 +102,13 @@ public final class ConsoleInputPump: @unchecked Sendable {
         }
     }
 
+    /// How long typed bytes wait for a guest that does not take them.
+    public static let typingPatience: Duration = .seconds(1)
+
     private func deliver(_ bytes: [UInt8]) {
-        Self.feed(bytes, to: sink, until: { stopped.load(ordering: .relaxed) })
+        let clock = ContinuousClock()
+        let deadline = interpretEscape ? clock.now + Self.typingPatience : nil
+        Self.feed(bytes, to: sink, until: { stopped.load(ordering: .relaxed) || deadline.map { clock.now >= $0 } == true })
     }
 
     /// Hands all of `bytes` to `sink`, waiting 1 ms at a time while the guest's FIFO is full, until

@@ -52,4 +52,15 @@ struct ConsoleInputPumpTests {
         #expect(recorder.quits.load(ordering: .relaxed) == 1)
         #expect(recorder.received.withLock { $0 } == Array("ab".utf8) + [0x01] + Array("c".utf8))
     }
+
+    /// A guest that never reads its console (FIFO full, or the driver not up) must not keep
+    /// Ctrl-A x from working: typed bytes are dropped after a short wait, the escape still quits.
+    @Test func ctrlAThenXQuitsEvenWhenTheGuestTakesNothing() async throws {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let recorder = try await pump(Array("typed ahead".utf8) + [0x01, UInt8(ascii: "x")], escape: true, perCall: 0)
+        #expect(recorder.quits.load(ordering: .relaxed) == 1)
+        #expect(recorder.received.withLock { $0 }.isEmpty)
+        #expect(clock.now - start < .seconds(4), "quit within about typingPatience per waiting chunk")
+    }
 }
