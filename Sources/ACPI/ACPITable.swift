@@ -3,9 +3,10 @@ import VMMCore
 /// The ACPI tables (ACPI 6.5 chapter 5), each made by a pure function from a `PlatformDescription`
 /// and the addresses of the tables it points to. `FirmwareTables` chooses the addresses.
 ///
-/// The platform is hardware-reduced (§4.1): no SCI, no PM1 event or control blocks, no PM timer,
-/// no GPE blocks, no FACS. Power-off goes through the FADT's sleep control register; see
-/// docs/acpi.md for why this and not a classic PM1a control block.
+/// The FADT describes one of two platforms (`PowerManagement.Model`): a fixed-hardware PC with a
+/// PM1a event and control block and an SCI (the default, which keeps Linux on its legacy PC path),
+/// or a hardware-reduced one with sleep control and status registers. docs/acpi.md explains the
+/// choice.
 public enum ACPITable {
     /// OEMID in every header and in the RSDP: six bytes.
     public static let oemID = "SWIFTK"
@@ -100,25 +101,30 @@ public enum ACPITable {
         public static let cmosRTCNotPresent: UInt16 = 1 << 5
     }
 
-    /// The Fixed ACPI Description Table, revision 6, minor version 5 (ACPI 6.5; §5.2.9), for a
-    /// hardware-reduced platform:
+    /// The Fixed ACPI Description Table, revision 6, minor version 5 (ACPI 6.5; §5.2.9), for the
+    /// description's power-management model:
     ///
-    /// - Flags: HW_REDUCED_ACPI; WBINVD and PROC_C1 (KVM runs both instructions); PWR_BUTTON and
-    ///   SLP_BUTTON set, meaning no fixed-feature buttons; RESET_REG_SUP with a reset register.
+    /// - Flags: WBINVD and PROC_C1 (KVM runs both instructions); PWR_BUTTON and SLP_BUTTON set,
+    ///   meaning no fixed-feature buttons; RESET_REG_SUP with a reset register; HW_REDUCED_ACPI
+    ///   for the hardware-reduced model.
     /// - IAPC_BOOT_ARCH: VGA not present, MSI not supported (there is no PCI), ASPM controls off;
     ///   8042 only if `hasI8042`; CMOS RTC not present unless `hasCMOSRTC`.
-    /// - SCI_INT, SMI_CMD and every PM1/PM2/PM timer/GPE block zero; C2 and C3 latencies above
-    ///   100 and 1000 (not supported).
-    /// - SLEEP_CONTROL_REG and SLEEP_STATUS_REG: one byte each at the description's I/O ports.
-    /// - DSDT and X_DSDT both `dsdt` (it lies below 4 GiB); no FACS (optional when hardware-reduced).
-    public static func makeFADT(description: PlatformDescription, dsdt: GuestAddress) -> [UInt8] {
+    /// - SMI_CMD 0: the platform is always in ACPI mode. No PM2, PM timer or GPE blocks; C2 and
+    ///   C3 latencies above 100 and 1000 (not supported).
+    /// - Fixed hardware: SCI_INT, PM1a_EVT_BLK (4 bytes) and PM1a_CNT_BLK (2 bytes) in I/O space,
+    ///   in both their 32-bit and X_ fields; FIRMWARE_CTRL `facs` (X_FIRMWARE_CTRL stays zero).
+    /// - Hardware-reduced: SLEEP_CONTROL_REG and SLEEP_STATUS_REG, one byte each in I/O space;
+    ///   no FACS (`facs` is ignored).
+    /// - DSDT and X_DSDT both `dsdt`.
+    ///
+    /// Addresses must lie below 4 GiB (`FirmwareTables` places them there).
+    public static func makeFADT(description: PlatformDescription, dsdt: GuestAddress, facs: GuestAddress?) -> [UInt8] {
         var body = [UInt8](repeating: 0, count: fadtSize - headerSize)
         func set<T: FixedWidthInteger>(_ value: T, at offset: Int) { body.setLittleEndian(value, at: offset - headerSize) }
         func setAddress(_ register: GenericAddress, at offset: Int) {
             body.replaceSubrange(offset - headerSize..<offset - headerSize + GenericAddress.size, with: register.encoded)
         }
 
-        set(UInt32(0), at: 36)  // FIRMWARE_CTRL
         set(UInt32(truncatingIfNeeded: dsdt.rawValue), at: 40)  // DSDT
         set(UInt16(101), at: 96)  // P_LVL2_LAT > 100: C2 not supported
         set(UInt16(1001), at: 98)  // P_LVL3_LAT > 1000: C3 not supported
@@ -130,22 +136,51 @@ public enum ACPITable {
         set(bootFlags, at: 109)  // IAPC_BOOT_ARCH
 
         var flags = FADTFlag.wbinvd | FADTFlag.processorC1 | FADTFlag.powerButton | FADTFlag.sleepButton
-            | FADTFlag.hardwareReduced
         if let reset = description.power.reset {
             flags |= FADTFlag.resetRegisterSupported
             setAddress(.ioByte(reset.port), at: 116)  // RESET_REG
             set(reset.value, at: 128)  // RESET_VALUE
         }
+        switch description.power.model {
+        case .fixedHardware(let pm1EventPort, let pm1ControlPort, let sciIRQ):
+            // FIRMWARE_CTRL only: §5.2.9 wants X_FIRMWARE_CTRL zero when FIRMWARE_CTRL is set
+            // (unlike X_DSDT, which may repeat DSDT).
+            if let facs { set(UInt32(truncatingIfNeeded: facs.rawValue), at: 36) }
+            set(UInt16(sciIRQ), at: 46)  // SCI_INT
+            set(UInt32(pm1EventPort), at: 56)  // PM1a_EVT_BLK
+            set(UInt32(pm1ControlPort), at: 64)  // PM1a_CNT_BLK
+            set(UInt8(4), at: 88)  // PM1_EVT_LEN: PM1_STS and PM1_EN, two bytes each
+            set(UInt8(2), at: 89)  // PM1_CNT_LEN
+            setAddress(.io(pm1EventPort, bits: 32), at: 148)  // X_PM1a_EVT_BLK
+            setAddress(.io(pm1ControlPort, bits: 16), at: 172)  // X_PM1a_CNT_BLK
+        case .hardwareReduced(let sleepControlPort, let sleepStatusPort):
+            flags |= FADTFlag.hardwareReduced
+            setAddress(.ioByte(sleepControlPort), at: 244)  // SLEEP_CONTROL_REG
+            setAddress(.ioByte(sleepStatusPort), at: 256)  // SLEEP_STATUS_REG
+        }
         set(flags, at: 112)
         set(UInt8(5), at: 131)  // FADT Minor Version: ACPI 6.5
-        set(UInt64(0), at: 132)  // X_FIRMWARE_CTRL
         set(dsdt.rawValue, at: 140)  // X_DSDT
-        setAddress(.ioByte(description.power.sleepControlPort), at: 244)  // SLEEP_CONTROL_REG
-        setAddress(.ioByte(description.power.sleepStatusPort), at: 256)  // SLEEP_STATUS_REG
         var vendor: [UInt8] = []
         vendor.appendASCII(hypervisorVendor, count: 8)
         body.replaceSubrange(268 - headerSize..<276 - headerSize, with: vendor)  // Hypervisor Vendor Identity
         return make(signature: "FACP", revision: 6, body: body)
+    }
+
+    /// The size of the FACS (§5.2.10), which must start on a 64-byte boundary.
+    public static let facsSize = 64
+
+    /// The Firmware ACPI Control Structure, version 2 (§5.2.10), which a fixed-hardware platform
+    /// must have: "FACS", length 64, no hardware signature, no waking vector (there is no S3 to
+    /// wake from), the global lock free, no flags. It has no checksum.
+    public static func makeFACS() -> [UInt8] {
+        var facs: [UInt8] = []
+        facs.appendASCII("FACS", count: 4)
+        facs.appendLittleEndian(UInt32(facsSize))
+        facs += [UInt8](repeating: 0, count: 24)  // hardware signature, waking vector, global lock, flags, X waking vector
+        facs.append(2)  // version
+        facs += [UInt8](repeating: 0, count: facsSize - facs.count)  // reserved, OSPM flags, reserved
+        return facs
     }
 
     /// MADT interrupt controller structure types (§5.2.12, Table 5.21).
@@ -163,12 +198,14 @@ public enum ACPITable {
     /// - the I/O APIC (§5.2.12.3): its ID, address and GSI base;
     /// - an Interrupt Source Override (§5.2.12.5) for each ISA IRQ that does not arrive on the
     ///   I/O APIC input of its own number (IRQ 0 under `TimerRouting.pin2`), flags "conforms to
-    ///   the bus" (ISA: edge-triggered, active-high);
+    ///   the bus" (ISA: edge-triggered, active-high); and for the SCI of the fixed-hardware model,
+    ///   on its own input, level-triggered and active-high (so Linux does not assume its default
+    ///   for an SCI without an override, active-low);
     /// - a Local APIC NMI structure (§5.2.12.7): NMI on LINT1 of every processor (UID 0xFF).
     ///
     /// A hardware-reduced Linux guest runs with no legacy PIC (`null_legacy_pic`) and so maps no
     /// ISA IRQ by default: interrupts reach it through the overrides here and through the
-    /// `_CRS` of the DSDT's devices.
+    /// `_CRS` of the DSDT's devices (the UART's included).
     public static func makeMADT(description: PlatformDescription) throws(FirmwareTableError) -> [UInt8] {
         try description.validate()
         var body: [UInt8] = []
@@ -187,6 +224,11 @@ public enum ACPITable {
             body.appendLittleEndian(gsi)
             body.appendLittleEndian(UInt16(0))  // MPS INTI flags: conforms to the bus
         }
+        if case .fixedHardware(_, _, let sciIRQ) = description.power.model {
+            body += [MADTEntryType.interruptSourceOverride, 10, 0, sciIRQ]
+            body.appendLittleEndian(description.ioAPIC.gsiBase + UInt32(sciIRQ))
+            body.appendLittleEndian(UInt16(0b11 << 2 | 0b01))  // MPS INTI flags: level-triggered, active-high
+        }
         body += [MADTEntryType.localAPICNMI, 6, 0xFF]  // all processors
         body.appendLittleEndian(UInt16(0))  // MPS INTI flags: conforms
         body.append(1)  // LINT1
@@ -203,14 +245,18 @@ public enum ACPITable {
         return "VR" + String(repeating: "0", count: max(0, 2 - hex.count)) + hex
     }
 
-    /// The AML of the DSDT: `\_S5` for power-off, then in `\_SB` a device per UART
+    /// The AML of the DSDT: `\_S0` and `\_S5` (SLP_TYP `s5SleepType`, for power-off), then in
+    /// `\_SB` a device per UART
     /// (`COM1`…, `PNP0501`: IO + IRQNoFlags), the pvpanic device (`PEVT`, `QEMU0001`: IO, `_STA`
     /// 0x0F), and a device per virtio-mmio window (`VR00`…, `LNRO0005`: Memory32Fixed +
     /// Interrupt, edge-triggered, active-high, exclusive; `_UID` the index; `_CCA` 1, cache-coherent DMA).
     public static func makeDSDTDefinitions(description: PlatformDescription) throws(FirmwareTableError) -> [UInt8] {
         try description.validate()
         let sleepType = AMLData.integer(UInt64(description.power.s5SleepType))
-        let s5 = try AMLTerm.name("\\_S5", try .package([sleepType, sleepType, .integer(0), .integer(0)]))
+        let zero = AMLData.integer(0)
+        // \_S0, the working state (SLP_TYP 0), is what ACPICA returns to if a sleep does not happen.
+        let s0 = try AMLTerm.name("\\_S0", try .package([zero, zero, zero, zero]))
+        let s5 = try AMLTerm.name("\\_S5", try .package([sleepType, sleepType, zero, zero]))
 
         var devices: [AMLTerm] = []
         for (index, serial) in description.serialPorts.enumerated() {
@@ -247,7 +293,7 @@ public enum ACPITable {
                     ])),
                 ]))
         }
-        return s5.bytes + (try AMLTerm.scope("\\_SB", devices)).bytes
+        return s0.bytes + s5.bytes + (try AMLTerm.scope("\\_SB", devices)).bytes
     }
 
     /// The Differentiated System Description Table (§5.2.11.1), revision 2 so AML integers are 64
@@ -269,9 +315,15 @@ public struct GenericAddress: Equatable, Sendable {
 
     public static let size = 12
 
-    /// A one-byte register at I/O `port`.
+    /// A one-byte register at I/O `port`, accessed a byte at a time.
     public static func ioByte(_ port: UInt16) -> GenericAddress {
         GenericAddress(addressSpace: 1, bitWidth: 8, bitOffset: 0, accessSize: 1, address: UInt64(port))
+    }
+
+    /// A `bits`-wide register block at I/O `port` with access size 0 ("undefined", what the
+    /// legacy PM1 blocks use: the OS accesses their 16-bit registers as it knows them to be).
+    public static func io(_ port: UInt16, bits: UInt8) -> GenericAddress {
+        GenericAddress(addressSpace: 1, bitWidth: bits, bitOffset: 0, accessSize: 0, address: UInt64(port))
     }
 
     public var encoded: [UInt8] {

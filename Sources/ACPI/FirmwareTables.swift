@@ -24,7 +24,7 @@ public struct FirmwareTableLayout: Equatable, Sendable {
     public static let biosArea = FirmwareTableLayout(acpiArea: 0xE_0000..<0xF_0000, mpArea: 0xF_0000..<0x10_0000)
 
     /// Tables start on 16-byte boundaries: the RSDP and the MP floating pointer must (ACPI 6.5
-    /// §5.2.5.1, MP 1.4 §4.1), and the others may as well.
+    /// §5.2.5.1, MP 1.4 §4.1), and the others may as well; the FACS on a 64-byte one (§5.2.10).
     public static let alignment: UInt64 = 16
 }
 
@@ -52,7 +52,7 @@ public struct FirmwareTables: Equatable, Sendable {
     public let description: PlatformDescription
     /// The layout they were placed by.
     public let layout: FirmwareTableLayout
-    /// RSDP, XSDT, FADT, MADT and DSDT, in address order.
+    /// RSDP, XSDT, FADT, FACS (fixed-hardware model only), MADT and DSDT, in address order.
     public let acpiTables: [PlacedTable]
     /// The MP floating pointer and the MP configuration table, in address order.
     public let mpTables: [PlacedTable]
@@ -78,25 +78,29 @@ public struct FirmwareTables: Equatable, Sendable {
         self.layout = layout
 
         // ACPI: sizes first (only the FADT and XSDT hold addresses, and their sizes are fixed).
+        // In address order: RSDP, XSDT, FADT, FACS (fixed hardware only), MADT, DSDT.
         let dsdt = try ACPITable.makeDSDT(description: description)
         let madt = try ACPITable.makeMADT(description: description)
-        let xsdtSize = ACPITable.headerSize + 2 * 8
-        let sizes = [ACPITable.rsdpSize, xsdtSize, ACPITable.fadtSize, madt.count, dsdt.count]
-        let addresses = try Self.place(sizes: sizes, in: layout.acpiArea, what: "the ACPI tables")
-        let (rsdpAt, xsdtAt, fadtAt, madtAt, dsdtAt) = (addresses[0], addresses[1], addresses[2], addresses[3], addresses[4])
-        let fadt = ACPITable.makeFADT(description: description, dsdt: dsdtAt)
-        let xsdt = ACPITable.makeXSDT(entries: [fadtAt, madtAt])
-        acpiTables = [
+        let hasFACS = !description.power.isHardwareReduced
+        var sizes: [(size: Int, alignment: UInt64)] = [(ACPITable.rsdpSize, 16), (ACPITable.headerSize + 2 * 8, 16), (ACPITable.fadtSize, 16)]
+        if hasFACS { sizes.append((ACPITable.facsSize, 64)) }  // §5.2.10: 64-byte aligned
+        sizes += [(madt.count, 16), (dsdt.count, 16)]
+        let addresses = try Self.place(sizes, in: layout.acpiArea, what: "the ACPI tables")
+        let (rsdpAt, xsdtAt, fadtAt) = (addresses[0], addresses[1], addresses[2])
+        let facsAt = hasFACS ? addresses[3] : nil
+        let (madtAt, dsdtAt) = (addresses[addresses.count - 2], addresses[addresses.count - 1])
+        var tables = [
             PlacedTable(signature: "RSD PTR ", address: rsdpAt, bytes: ACPITable.makeRSDP(xsdt: xsdtAt)),
-            PlacedTable(signature: "XSDT", address: xsdtAt, bytes: xsdt),
-            PlacedTable(signature: "FACP", address: fadtAt, bytes: fadt),
-            PlacedTable(signature: "APIC", address: madtAt, bytes: madt),
-            PlacedTable(signature: "DSDT", address: dsdtAt, bytes: dsdt),
+            PlacedTable(signature: "XSDT", address: xsdtAt, bytes: ACPITable.makeXSDT(entries: [fadtAt, madtAt])),
+            PlacedTable(signature: "FACP", address: fadtAt, bytes: ACPITable.makeFADT(description: description, dsdt: dsdtAt, facs: facsAt)),
         ]
+        if let facsAt { tables.append(PlacedTable(signature: "FACS", address: facsAt, bytes: ACPITable.makeFACS())) }
+        tables += [PlacedTable(signature: "APIC", address: madtAt, bytes: madt), PlacedTable(signature: "DSDT", address: dsdtAt, bytes: dsdt)]
+        acpiTables = tables
 
         // MP: the floating pointer, then the configuration table.
         let configuration = try MPTable.makeConfigurationTable(description: description)
-        let mpAddresses = try Self.place(sizes: [MPTable.floatingPointerSize, configuration.count], in: layout.mpArea, what: "the MP tables")
+        let mpAddresses = try Self.place([(MPTable.floatingPointerSize, 16), (configuration.count, 16)], in: layout.mpArea, what: "the MP tables")
         mpTables = [
             PlacedTable(signature: "_MP_", address: mpAddresses[0], bytes: try MPTable.makeFloatingPointer(configurationTable: mpAddresses[1])),
             PlacedTable(signature: "PCMP", address: mpAddresses[1], bytes: configuration),
@@ -136,18 +140,18 @@ public struct FirmwareTables: Equatable, Sendable {
         }
     }
 
-    /// Consecutive 16-byte-aligned addresses for `sizes` from the start of `area`.
-    private static func place(sizes: [Int], in area: Range<GuestAddress>, what: String) throws(FirmwareTableError) -> [GuestAddress] {
+    /// Consecutive addresses from the start of `area` for items of the given sizes, each on its
+    /// alignment (a power of two).
+    private static func place(_ items: [(size: Int, alignment: UInt64)], in area: Range<GuestAddress>, what: String) throws(FirmwareTableError) -> [GuestAddress] {
         var next = area.lowerBound.rawValue
         var addresses: [GuestAddress] = []
-        for size in sizes {
+        for item in items {
+            next = (next + item.alignment - 1) & ~(item.alignment - 1)
             addresses.append(GuestAddress(next))
-            next += UInt64(size)
-            next = (next + FirmwareTableLayout.alignment - 1) / FirmwareTableLayout.alignment * FirmwareTableLayout.alignment
+            next += UInt64(item.size)
         }
-        let end = addresses[addresses.count - 1].rawValue + UInt64(sizes[sizes.count - 1])
-        guard end <= area.upperBound.rawValue else {
-            throw .doesNotFit(what: what, size: Int(end - area.lowerBound.rawValue), area: area)
+        guard next <= area.upperBound.rawValue else {
+            throw .doesNotFit(what: what, size: Int(next - area.lowerBound.rawValue), area: area)
         }
         return addresses
     }

@@ -73,9 +73,10 @@ public struct PlatformDescription: Equatable, Sendable {
         return ioAPIC.gsiBase + irq
     }
 
-    /// Checks what the tables rely on: a CPU count of 1–255, one I/O APIC at GSI 0 with 16–240 inputs, and
-    /// virtio-mmio windows that are non-empty, below 4 GiB, apart from one another, and each on an
-    /// I/O APIC input of its own that no other device here (timer, cascade, UARTs, i8042) uses.
+    /// Checks what the tables rely on: a CPU count of 1–255, one I/O APIC at GSI 0 with 16–240
+    /// inputs, an SCI (fixed-hardware model) on a level-capable ISA IRQ, and virtio-mmio windows that
+    /// are non-empty, below 4 GiB, apart from one another, and each on an I/O APIC input of its own
+    /// that no other device here (timer, cascade, UARTs, i8042, SCI) uses.
     public func validate() throws(FirmwareTableError) {
         guard (1...Self.maximumCPUCount).contains(cpuCount) else {
             throw .invalidDescription("\(cpuCount) CPUs: an xAPIC machine has 1 to \(Self.maximumCPUCount)")
@@ -98,6 +99,16 @@ public struct PlatformDescription: Equatable, Sendable {
                 throw .invalidDescription("the UART at port 0x\(String(port.port, radix: 16)) is on IRQ \(port.irq), which \(user) uses")
             }
             taken[UInt32(port.irq)] = "the UART at port 0x\(String(port.port, radix: 16))"
+        }
+        if case .fixedHardware(_, _, let sci) = power.model {
+            // KVM's 8259 can make only IRQs 3-7, 9-12, 14 and 15 level-triggered (elcr_mask 0xF8, 0xDE).
+            guard [3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15].contains(sci) else {
+                throw .invalidDescription("the SCI on IRQ \(sci): a level-triggered ISA IRQ is one of 3-7, 9-12, 14, 15")
+            }
+            if let user = taken[UInt32(sci)] {
+                throw .invalidDescription("the SCI is on IRQ \(sci), which \(user) uses")
+            }
+            taken[UInt32(sci)] = "the SCI"
         }
         guard virtioMMIODevices.count <= 0x100 else {
             throw .invalidDescription("\(virtioMMIODevices.count) virtio-mmio devices: their DSDT names VR00-VRFF allow 256")
@@ -203,50 +214,92 @@ public struct PVPanicDescription: Equatable, Sendable {
     public static let hardwareID = "QEMU0001"
 }
 
-/// How the guest powers off and resets: the FADT of a hardware-reduced ACPI platform (ACPI 6.5
-/// §4.1, §5.2.9) with a sleep control register and a sleep status register in I/O space (§4.8.3.7,
-/// §4.8.3.8), and the FADT reset register (§4.8.3.6).
+/// How the guest powers off and resets: which of ACPI's two hardware models the FADT describes,
+/// the `\_S5` sleep type, and the FADT reset register (ACPI 6.5 §4.8.3.6).
 ///
-/// To power off, Linux (ACPICA `acpi_hw_extended_sleep`) reads `\_S5`'s first element (the
-/// sleep type, `s5SleepType`), writes 0x80 (WAK_STS) to the status register, then writes
-/// `SLP_TYPx << 2 | SLP_EN (0x20)` to the control register: 0x34 with the default type 5.
-/// `isPowerOff(_:)` tells such a byte apart. To reboot with `reboot=a` (the default), it writes
-/// `reset.value` to `reset.port`.
+/// To reboot with `reboot=a` (Linux's default), the guest writes `reset.value` to `reset.port`. To
+/// power off, Linux evaluates `\_S5`, whose first element is `s5SleepType`, and writes that type
+/// with SLP_EN to the model's control register; `isPowerOff(_:)` recognises the write. See
+/// docs/acpi.md for why `fixedHardware` is the default.
 public struct PowerManagement: Equatable, Sendable {
-    /// The sleep control register: one byte in I/O space (SLEEP_CONTROL_REG). 0x3C0 is in the VGA
-    /// range, which this machine leaves free (the FADT says VGA is not present).
-    public var sleepControlPort: UInt16
-    /// The sleep status register: one byte in I/O space (SLEEP_STATUS_REG). Linux requires both
-    /// registers before it offers S5 on a hardware-reduced platform (`acpi_sleep_state_supported`).
-    public var sleepStatusPort: UInt16
+    public enum Model: Equatable, Sendable {
+        /// A full ("fixed hardware") ACPI platform, the PC's (§4.8): a PM1a event block of four
+        /// bytes at `pm1EventPort` (PM1_STS, then PM1_EN, 16 bits each), a PM1a control block of two
+        /// bytes at `pm1ControlPort` (PM1_CNT), and the SCI on ISA IRQ `sciIRQ`, level-triggered,
+        /// active-high. Linux stays on its legacy PC path: it programs and masks the 8259s, uses the
+        /// PIT as its early clock event, and maps the ISA IRQs one to one. No PM timer, no GPE
+        /// blocks; a FACS, which this model requires, with no waking vector.
+        ///
+        /// Power-off (ACPICA `acpi_hw_legacy_sleep`): a 16-bit write of SLP_TYP (bits 12:10), then
+        /// one of SLP_TYP | SLP_EN (bit 13), to PM1_CNT. The SCI is never raised (there are no
+        /// events), but its IRQ must be one nothing else uses.
+        case fixedHardware(pm1EventPort: UInt16, pm1ControlPort: UInt16, sciIRQ: UInt8)
+        /// A hardware-reduced platform (§4.1), as Firecracker, Cloud Hypervisor and QEMU microvm
+        /// describe theirs: no SCI, no PM1 blocks, no FACS; the sleep control and sleep status
+        /// registers, one byte each in I/O space (§4.8.3.7, §4.8.3.8). Linux then leaves its
+        /// legacy PC path: it assumes no 8259 (`null_legacy_pic`) and skips the PIT/HPET timer set-up,
+        /// so it must learn the TSC frequency elsewhere (kvmclock) and it never masks the 8259 —
+        /// see docs/acpi.md for what the VMM must do in return.
+        ///
+        /// Power-off (ACPICA `acpi_hw_extended_sleep`): 0x80 (WAK_STS) to the status register, then
+        /// SLP_TYP << 2 | SLP_EN (0x20) to the control register, one byte each.
+        case hardwareReduced(sleepControlPort: UInt16, sleepStatusPort: UInt16)
+
+        /// PM1a_EVT_BLK at 0x600, PM1a_CNT_BLK at 0x604 (the ICH9 PM block's layout, QEMU q35's
+        /// ports), SCI on IRQ 7: of the ISA IRQs the VMM's devices leave free (3, 7, 8, 13), the
+        /// 8259s' edge/level control register can make only 3 and 7 level-triggered (KVM's
+        /// `elcr_mask`), and 3 is COM2's.
+        public static let standardFixedHardware = Model.fixedHardware(pm1EventPort: 0x600, pm1ControlPort: 0x604, sciIRQ: 7)
+        /// SLEEP_CONTROL_REG at 0x3C0, SLEEP_STATUS_REG at 0x3C1: in the VGA range, which this
+        /// machine leaves free (the FADT says VGA is not present).
+        public static let standardHardwareReduced = Model.hardwareReduced(sleepControlPort: 0x3C0, sleepStatusPort: 0x3C1)
+    }
+
+    public var model: Model
     /// The SLP_TYP value `\_S5` names and the control register receives: three bits (the
     /// initializer drops the others).
     public var s5SleepType: UInt8
     /// The reset register, or nil for none.
     public var reset: ResetRegister?
 
-    public init(
-        sleepControlPort: UInt16 = 0x3C0, sleepStatusPort: UInt16 = 0x3C1, s5SleepType: UInt8 = 5,
-        reset: ResetRegister? = .i8042PulseReset
-    ) {
-        self.sleepControlPort = sleepControlPort
-        self.sleepStatusPort = sleepStatusPort
+    public init(model: Model = .standardFixedHardware, s5SleepType: UInt8 = 5, reset: ResetRegister? = .i8042PulseReset) {
+        self.model = model
         self.s5SleepType = s5SleepType & 0x07
         self.reset = reset
     }
 
-    /// SLP_EN, bit 5 of the sleep control register.
-    public static let sleepEnable: UInt8 = 1 << 5
-    /// WAK_STS, bit 7 of the sleep status register.
-    public static let wakeStatus: UInt8 = 1 << 7
+    /// Whether the FADT describes a hardware-reduced platform.
+    public var isHardwareReduced: Bool {
+        if case .hardwareReduced = model { true } else { false }
+    }
 
-    /// The byte Linux writes to the sleep control register to enter S5.
-    public var powerOffValue: UInt8 { s5SleepType << 2 | Self.sleepEnable }
+    /// SLP_EN in the hardware-reduced sleep control register: bit 5.
+    public static let sleepControlEnable: UInt16 = 1 << 5
+    /// WAK_STS in the hardware-reduced sleep status register: bit 7.
+    public static let sleepStatusWake: UInt16 = 1 << 7
+    /// SLP_EN in PM1_CNT: bit 13.
+    public static let pm1ControlSleepEnable: UInt16 = 1 << 13
+    /// SCI_EN in PM1_CNT: bit 0. A PM1_CNT that reads with it set tells the OS the platform is
+    /// already in ACPI mode (there is no SMI_CMD port to switch it).
+    public static let pm1ControlSCIEnable: UInt16 = 1 << 0
 
-    /// Whether `value`, written to the sleep control register, asks for S5: SLP_EN set and
-    /// SLP_TYPx (bits 4:2) equal to `s5SleepType`.
-    public func isPowerOff(_ value: UInt8) -> Bool {
-        value & Self.sleepEnable != 0 && (value >> 2) & 0x07 == s5SleepType
+    /// The value Linux writes to the model's control register to enter S5 (bits it preserves from
+    /// reading PM1_CNT aside): `0x3400` to PM1_CNT, `0x34` to the sleep control register, for type 5.
+    public var powerOffValue: UInt16 {
+        switch model {
+        case .fixedHardware: UInt16(s5SleepType) << 10 | Self.pm1ControlSleepEnable
+        case .hardwareReduced: UInt16(s5SleepType) << 2 | Self.sleepControlEnable
+        }
+    }
+
+    /// Whether `value`, written to the model's control register (PM1_CNT, or the sleep control
+    /// register), asks for S5: SLP_EN set and SLP_TYP equal to `s5SleepType`. Other bits do not
+    /// matter.
+    public func isPowerOff(_ value: UInt16) -> Bool {
+        switch model {
+        case .fixedHardware: value & Self.pm1ControlSleepEnable != 0 && (value >> 10) & 0x07 == UInt16(s5SleepType)
+        case .hardwareReduced: value & Self.sleepControlEnable != 0 && (value >> 2) & 0x07 == UInt16(s5SleepType)
+        }
     }
 }
 

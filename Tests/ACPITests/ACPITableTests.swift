@@ -14,10 +14,25 @@ import VMMCore
         #expect(ascii(table.bytes[16..<24]) == ACPITable.oemTableID)
     }
 
-    @Test(arguments: [1, 2, 4, 255])
-    func everyTableSumsToZeroAndMeasuresItself(cpus: Int) throws {
-        let tables = try FirmwareTables(description: vmmPlatform(cpus: cpus))
-        #expect(tables.acpiTables.map(\.signature) == ["RSD PTR ", "XSDT", "FACP", "APIC", "DSDT"])
+    @Test(arguments: [1, 2, 4, 255], bothModels)
+    func everyTableSumsToZeroAndMeasuresItself(cpus: Int, model: PowerManagement.Model) throws {
+        let description = vmmPlatform(cpus: cpus, model: model)
+        let tables = try FirmwareTables(description: description)
+        if description.power.isHardwareReduced {
+            #expect(tables.acpiTables.map(\.signature) == ["RSD PTR ", "XSDT", "FACP", "APIC", "DSDT"])
+            #expect(littleEndian(try #require(tables.table("FACP")).bytes, 36, 4) == 0)
+            #expect(littleEndian(try #require(tables.table("FACP")).bytes, 132, 8) == 0)
+        } else {
+            #expect(tables.acpiTables.map(\.signature) == ["RSD PTR ", "XSDT", "FACP", "FACS", "APIC", "DSDT"])
+            // The FACS: 64-byte aligned, "FACS", length 64, version 2, pointed to by both FADT fields.
+            let facs = try #require(tables.table("FACS"))
+            #expect(facs.address.rawValue % 64 == 0)
+            #expect(ascii(facs.bytes[0..<4]) == "FACS")
+            #expect(littleEndian(facs.bytes, 4, 4) == 64 && facs.bytes.count == 64)
+            #expect(facs.bytes[32] == 2)
+            #expect(littleEndian(try #require(tables.table("FACP")).bytes, 36, 4) == facs.address.rawValue)
+            #expect(littleEndian(try #require(tables.table("FACP")).bytes, 132, 8) == 0)  // X_FIRMWARE_CTRL
+        }
         let xsdt = try #require(tables.table("XSDT"))
         let fadt = try #require(tables.table("FACP"))
         let madt = try #require(tables.table("APIC"))
@@ -72,7 +87,7 @@ import VMMCore
 
     @Test(arguments: [1, 2, 4, 255])
     func madtHasOneEnabledLocalAPICPerCPU(cpus: Int) throws {
-        let madt = try ACPITable.makeMADT(description: vmmPlatform(cpus: cpus))
+        let madt = try ACPITable.makeMADT(description: vmmPlatform(cpus: cpus, model: .standardHardwareReduced))
         #expect(littleEndian(madt, 36, 4) == 0xFEE0_0000)
         #expect(littleEndian(madt, 40, 4) == 1)  // PCAT_COMPAT
         let entries = try madtEntries(madt)
@@ -94,53 +109,86 @@ import VMMCore
     }
 
     @Test func pin2TimerRoutingAddsAnOverride() throws {
-        let madt = try ACPITable.makeMADT(description: vmmPlatform(cpus: 2, timerRouting: .pin2))
+        let madt = try ACPITable.makeMADT(description: vmmPlatform(cpus: 2, timerRouting: .pin2, model: .standardHardwareReduced))
         let overrides = try madtEntries(madt).filter { $0.type == 2 }
         // Bus 0 (ISA), source IRQ 0, GSI 2, flags 0 (conforming).
         #expect(overrides.map(\.bytes) == [[2, 10, 0, 0, 2, 0, 0, 0, 0, 0]])
     }
 
-    @Test func fadtIsHardwareReducedWithSleepAndResetRegisters() throws {
+    @Test func fixedHardwareSCIHasALevelTriggeredActiveHighOverride() throws {
+        let madt = try ACPITable.makeMADT(description: vmmPlatform(cpus: 2, timerRouting: .pin2))
+        let overrides = try madtEntries(madt).filter { $0.type == 2 }
+        // IRQ 0 to GSI 2, then the SCI: IRQ 7 to GSI 7, flags 0x0D (level, active-high).
+        #expect(overrides.map(\.bytes) == [[2, 10, 0, 0, 2, 0, 0, 0, 0, 0], [2, 10, 0, 7, 7, 0, 0, 0, 0x0D, 0]])
+    }
+
+    @Test func fadtOfAFixedHardwarePlatform() throws {
         let description = vmmPlatform(cpus: 1)
-        let fadt = ACPITable.makeFADT(description: description, dsdt: 0xE_1000)
+        let fadt = ACPITable.makeFADT(description: description, dsdt: 0xE_1000, facs: 0xE_0100)
         let flags = littleEndian(fadt, 112, 4)
-        #expect(flags & (1 << 20) != 0)  // HW_REDUCED_ACPI
-        #expect(flags & (1 << 10) != 0)  // RESET_REG_SUP
-        #expect(flags & (1 << 4 | 1 << 5) == 1 << 4 | 1 << 5)  // no fixed power or sleep button
-        #expect(littleEndian(fadt, 46, 2) == 0)  // SCI_INT: none
+        #expect(flags == 1 << 0 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 10)  // WBINVD, C1, no fixed buttons, reset register
+        #expect(littleEndian(fadt, 36, 4) == 0xE_0100)  // FIRMWARE_CTRL
+        #expect(littleEndian(fadt, 132, 8) == 0)  // X_FIRMWARE_CTRL: zero when FIRMWARE_CTRL is set
+        #expect(littleEndian(fadt, 40, 4) == 0xE_1000)  // DSDT
+        #expect(littleEndian(fadt, 140, 8) == 0xE_1000)  // X_DSDT
+        #expect(littleEndian(fadt, 46, 2) == 7)  // SCI_INT
         #expect(littleEndian(fadt, 48, 4) == 0)  // SMI_CMD: always in ACPI mode
-        for offset in stride(from: 56, to: 88, by: 4) { #expect(littleEndian(fadt, offset, 4) == 0) }  // no PM/GPE blocks
-        for offset in stride(from: 148, to: 244, by: 12) { #expect(fadt[offset..<offset + 12].allSatisfy { $0 == 0 }) }
-        let bootArchitecture = littleEndian(fadt, 109, 2)
-        #expect(bootArchitecture == 1 << 2 | 1 << 3 | 1 << 4 | 1 << 5)  // no VGA, no MSI, no ASPM, no CMOS RTC; no 8042
-        // SLEEP_CONTROL_REG, SLEEP_STATUS_REG: system I/O, 8 bits, byte access.
-        #expect(Array(fadt[244..<256]) == [1, 8, 0, 1, 0xC0, 0x03, 0, 0, 0, 0, 0, 0])
-        #expect(Array(fadt[256..<268]) == [1, 8, 0, 1, 0xC1, 0x03, 0, 0, 0, 0, 0, 0])
-        // RESET_REG: port 0x64, value 0xFE.
-        #expect(Array(fadt[116..<128]) == [1, 8, 0, 1, 0x64, 0, 0, 0, 0, 0, 0, 0])
+        #expect(littleEndian(fadt, 56, 4) == 0x600)  // PM1a_EVT_BLK
+        #expect(littleEndian(fadt, 64, 4) == 0x604)  // PM1a_CNT_BLK
+        for offset in [60, 68, 72, 76, 80, 84] { #expect(littleEndian(fadt, offset, 4) == 0) }  // no PM1b, PM2, timer, GPE
+        #expect(Array(fadt[88..<96]) == [4, 2, 0, 0, 0, 0, 0, 0])  // PM1_EVT_LEN, PM1_CNT_LEN
+        #expect(Array(fadt[148..<160]) == [1, 32, 0, 0, 0x00, 0x06, 0, 0, 0, 0, 0, 0])  // X_PM1a_EVT_BLK
+        #expect(Array(fadt[172..<184]) == [1, 16, 0, 0, 0x04, 0x06, 0, 0, 0, 0, 0, 0])  // X_PM1a_CNT_BLK
+        for offset in [160, 184, 196, 208, 220, 232, 244, 256] { #expect(fadt[offset..<offset + 12].allSatisfy { $0 == 0 }) }
+        #expect(littleEndian(fadt, 109, 2) == 1 << 2 | 1 << 3 | 1 << 4 | 1 << 5)  // no VGA, MSI, ASPM, CMOS RTC; no 8042
+        #expect(Array(fadt[116..<128]) == [1, 8, 0, 1, 0x64, 0, 0, 0, 0, 0, 0, 0])  // RESET_REG: port 0x64
         #expect(fadt[128] == 0xFE)
         #expect(fadt[131] == 5)  // FADT minor version
         #expect(ascii(fadt[268..<276]) == "SWIFTKVM")
+    }
 
-        var noReset = description
-        noReset.power.reset = nil
-        noReset.hasI8042 = true
-        noReset.hasCMOSRTC = true
-        let plain = ACPITable.makeFADT(description: noReset, dsdt: 0xE_1000)
+    @Test func fadtOfAHardwareReducedPlatform() throws {
+        let description = vmmPlatform(cpus: 1, model: .standardHardwareReduced)
+        let fadt = ACPITable.makeFADT(description: description, dsdt: 0xE_1000, facs: nil)
+        let flags = littleEndian(fadt, 112, 4)
+        #expect(flags == 1 << 0 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 10 | 1 << 20)  // ... and HW_REDUCED_ACPI
+        #expect(littleEndian(fadt, 36, 4) == 0 && littleEndian(fadt, 132, 8) == 0)  // no FACS
+        #expect(littleEndian(fadt, 46, 2) == 0)  // no SCI
+        for offset in stride(from: 56, to: 88, by: 4) { #expect(littleEndian(fadt, offset, 4) == 0) }  // no PM/GPE blocks
+        for offset in stride(from: 148, to: 244, by: 12) { #expect(fadt[offset..<offset + 12].allSatisfy { $0 == 0 }) }
+        // SLEEP_CONTROL_REG, SLEEP_STATUS_REG: system I/O, 8 bits, byte access.
+        #expect(Array(fadt[244..<256]) == [1, 8, 0, 1, 0xC0, 0x03, 0, 0, 0, 0, 0, 0])
+        #expect(Array(fadt[256..<268]) == [1, 8, 0, 1, 0xC1, 0x03, 0, 0, 0, 0, 0, 0])
+        #expect(Array(fadt[116..<128]) == [1, 8, 0, 1, 0x64, 0, 0, 0, 0, 0, 0, 0])
+
+        var other = description
+        other.power.reset = nil
+        other.hasI8042 = true
+        other.hasCMOSRTC = true
+        let plain = ACPITable.makeFADT(description: other, dsdt: 0xE_1000, facs: nil)
         #expect(littleEndian(plain, 112, 4) & (1 << 10) == 0)
         #expect(plain[116..<129].allSatisfy { $0 == 0 })
         #expect(littleEndian(plain, 109, 2) == 1 << 1 | 1 << 2 | 1 << 3 | 1 << 4)
     }
 
-    @Test func powerOffByteIsSleepTypeAndSleepEnable() {
-        let power = PowerManagement()
-        #expect(power.powerOffValue == 0x34)
-        #expect(power.isPowerOff(0x34))
-        #expect(power.isPowerOff(0x34 | 0x03))  // reserved bits do not matter
-        #expect(!power.isPowerOff(PowerManagement.wakeStatus))  // what Linux writes to the status register first
-        #expect(!power.isPowerOff(0x14))  // SLP_TYP 5 without SLP_EN
-        #expect(!power.isPowerOff(0x20))  // SLP_EN with SLP_TYP 0
-        #expect(PowerManagement(s5SleepType: 7).powerOffValue == 0x3C)
+    @Test func powerOffWritesAreRecognised() {
+        let fixed = PowerManagement()
+        #expect(fixed.model == .standardFixedHardware)
+        #expect(fixed.powerOffValue == 0x3400)
+        #expect(fixed.isPowerOff(0x3400))
+        #expect(fixed.isPowerOff(0x3401))  // SCI_EN and other preserved bits do not matter
+        #expect(!fixed.isPowerOff(0x1401))  // ACPICA's first write: SLP_TYP without SLP_EN
+        #expect(!fixed.isPowerOff(0x2001))  // SLP_EN with SLP_TYP 0
+
+        let reduced = PowerManagement(model: .standardHardwareReduced)
+        #expect(reduced.powerOffValue == 0x34)
+        #expect(reduced.isPowerOff(0x34))
+        #expect(reduced.isPowerOff(0x34 | 0x03))
+        #expect(!reduced.isPowerOff(PowerManagement.sleepStatusWake))  // what Linux writes to the status register first
+        #expect(!reduced.isPowerOff(0x14))  // SLP_TYP 5 without SLP_EN
+        #expect(!reduced.isPowerOff(0x20))  // SLP_EN with SLP_TYP 0
+        #expect(PowerManagement(model: .standardHardwareReduced, s5SleepType: 7).powerOffValue == 0x3C)
+        #expect(PowerManagement(s5SleepType: 0xFF).s5SleepType == 7)
     }
 
     @Test(arguments: [0, 1, 3, 8])
@@ -150,7 +198,8 @@ import VMMCore
         let reader = try AMLReader(aml: Array(dsdt[36...]))
 
         let s5 = try #require(reader.names["\\_S5_"]?.package)
-        #expect(s5.first?.integer == 5)
+        #expect(s5.map(\.integer) == [5, 5, 0, 0])
+        #expect(reader.names["\\_S0_"]?.package?.map(\.integer) == [0, 0, 0, 0])
 
         let virtio = reader.devices.filter { reader.objects(of: $0)["_HID"]?.string == "LNRO0005" }
         #expect(virtio.count == disks)
@@ -214,6 +263,11 @@ import VMMCore
         ]), "one IRQ twice")
         refuses(PlatformDescription(cpuCount: 1, hasI8042: true, virtioMMIODevices: [VirtioMMIOWindow(base: 0xD000_0000, irq: 1)]), "on the i8042's IRQ")
         refuses(PlatformDescription(cpuCount: 1, ioAPIC: IOAPICDescription(inputCount: 8)), "an I/O APIC without the ISA inputs")
+        refuses(PlatformDescription(cpuCount: 1, virtioMMIODevices: [VirtioMMIOWindow(base: 0xD000_0000, irq: 7)]), "on the SCI")
+        for sci: UInt8 in [0, 1, 2, 4, 8, 13, 16] {
+            let power = PowerManagement(model: .fixedHardware(pm1EventPort: 0x600, pm1ControlPort: 0x604, sciIRQ: sci))
+            refuses(PlatformDescription(cpuCount: 1, power: power), "the SCI on IRQ \(sci)")
+        }
         refuses(PlatformDescription(cpuCount: 1, ioAPIC: IOAPICDescription(gsiBase: 24)), "an I/O APIC not at GSI 0")
         // A GSI above 15 is fine for ACPI but not for the MP table, which knows only ISA IRQs.
         let high = PlatformDescription(cpuCount: 1, virtioMMIODevices: [VirtioMMIOWindow(base: 0xD000_0000, irq: 16)])

@@ -39,10 +39,10 @@ import VMMCore
         return bytes
     }
 
-    @Test(arguments: [1, 4, 255])
-    func linuxFindsTheTablesInGuestMemory(cpus: Int) throws {
+    @Test(arguments: [1, 4, 255], bothModels)
+    func linuxFindsTheTablesInGuestMemory(cpus: Int, model: PowerManagement.Model) throws {
         let memory = try guestMemory()
-        let tables = try FirmwareTables(description: vmmPlatform(cpus: cpus))
+        let tables = try FirmwareTables(description: vmmPlatform(cpus: cpus, model: model))
         try tables.write(to: memory)
 
         #expect(tables.rsdpAddress == 0xE_0000)
@@ -53,6 +53,10 @@ import VMMCore
         let madt = try readTable(memory, at: littleEndian(xsdt, 44, 8), signature: "APIC")
         let dsdt = try readTable(memory, at: littleEndian(fadt, 140, 8), signature: "DSDT")
         #expect(madt == tables.table("APIC")?.bytes)
+        if case .fixedHardware = model {
+            let facsAddress = GuestAddress(littleEndian(fadt, 36, 4))
+            #expect(try memory.read(count: 64, at: facsAddress) == tables.table("FACS")?.bytes)
+        }
         #expect(dsdt == tables.table("DSDT")?.bytes)
 
         #expect(tables.mpFloatingPointerAddress == 0xF_0000)

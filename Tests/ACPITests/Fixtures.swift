@@ -7,6 +7,14 @@ let vmmVirtioWindows: [VirtioMMIOWindow] = [5, 6, 9, 10, 11, 12, 14, 15].enumera
 }
 
 /// The machine the VMM builds, with `cpus` vCPUs and `disks` virtio-mmio disks.
-func vmmPlatform(cpus: Int, disks: Int = 8, timerRouting: TimerRouting = .identity) -> PlatformDescription {
-    PlatformDescription(cpuCount: cpus, timerRouting: timerRouting, virtioMMIODevices: Array(vmmVirtioWindows.prefix(disks)))
+func vmmPlatform(
+    cpus: Int, disks: Int = 8, timerRouting: TimerRouting = .identity,
+    model: PowerManagement.Model = .standardFixedHardware
+) -> PlatformDescription {
+    PlatformDescription(
+        cpuCount: cpus, timerRouting: timerRouting, virtioMMIODevices: Array(vmmVirtioWindows.prefix(disks)),
+        power: PowerManagement(model: model))
 }
+
+/// Both power-management models with their standard ports.
+let bothModels: [PowerManagement.Model] = [.standardFixedHardware, .standardHardwareReduced]
