@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Targets follow the direction of dependencies described in docs/architecture.md:
-//   CKVM ← KVM ← VMM → Devices, LinuxBoot, Virtio → VMMCore
+//   CKVM ← KVM ← VMM → Devices, LinuxBoot, Virtio → VMMCore; ACPI → VMMCore
 // Only KVM calls into CKVM's ioctls; Devices and VMMCore never see /dev/kvm, so they (and the
 // loader and the virtqueue code) are testable anywhere.
 let package = Package(
@@ -24,6 +24,7 @@ let package = Package(
         .target(name: "Devices", dependencies: ["VMMCore"]),
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
         .target(name: "Virtio", dependencies: ["VMMCore"]),
+        .target(name: "ACPI", dependencies: ["VMMCore"]),
         .target(name: "VMM", dependencies: ["KVM", "VMMCore", "Devices", "LinuxBoot", "Virtio"]),
         .executableTarget(
             name: "swiftkvm",
@@ -37,6 +38,7 @@ let package = Package(
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VMMCore", "TestSupport"]),
+        .testTarget(name: "ACPITests", dependencies: ["ACPI", "VMMCore", "LinuxBoot"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
         .testTarget(name: "CLITests", dependencies: []),
         // docs/ and the READMEs name only files and types that exist (reads the tree; no module).
