@@ -25,7 +25,7 @@ let package = Package(
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
         .target(name: "Virtio", dependencies: ["VMMCore"]),
         .target(name: "ACPI", dependencies: ["VMMCore"]),
-        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "Devices", "LinuxBoot", "Virtio"]),
+        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "Devices", "LinuxBoot", "Virtio", "ACPI"]),
         .executableTarget(
             name: "swiftkvm",
             dependencies: ["VMM", .product(name: "ArgumentParser", package: "swift-argument-parser")]

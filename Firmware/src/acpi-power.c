@@ -1,10 +1,12 @@
 /*
  * acpi-power - a bzImage-shaped guest that ends the machine the way a Linux kernel would.
  *
- * `action=poweroff` (the default): like Linux's acpi_power_off on a hardware-reduced ACPI
- * machine, it finds the RSDP (boot_params.acpi_rsdp_addr, zero page offset 0x070), follows it to
- * the XSDT, finds the FADT ("FACP") and its SLEEP_CONTROL_REG, finds the `\_S5_` package in the
- * DSDT for the S5 sleep type, and writes SLP_TYP << 2 | SLP_EN to that register.
+ * `action=poweroff` (the default): like Linux's acpi_power_off, it finds the RSDP
+ * (boot_params.acpi_rsdp_addr, zero page offset 0x070), follows it to the XSDT, finds the FADT
+ * ("FACP") and the S5 sleep type in the DSDT's `\_S5_` package, and then, as ACPICA does:
+ * on a fixed-hardware platform writes SLP_TYP << 10 | SLP_EN (bit 13) to PM1a_CNT (16 bits);
+ * on a hardware-reduced one (FADT flag HW_REDUCED_ACPI) writes SLP_TYP << 2 | SLP_EN (bit 5) to
+ * SLEEP_CONTROL_REG.
  * `action=panic`: what Linux's pvpanic driver does in a panic notifier: writes PANICKED (1) to
  * the pvpanic I/O port, 0x505 (the port the DSDT's QEMU0001 device declares).
  *
@@ -121,19 +123,37 @@ int guest_main(const unsigned char *boot_params)
     }
     const volatile uint8_t *dsdt = (const volatile uint8_t *)(uintptr_t)load64(fadt + 140);  /* X_DSDT */
     int type = soft_off_type(dsdt);
-    /* SLEEP_CONTROL_REG: a Generic Address Structure at FADT offset 244 (space id, width, offset,
-     * access size, 64-bit address). Space 1 is system I/O. */
-    uint8_t space = fadt[244];
-    uint64_t reg = load64(fadt + 248);
-    line("POWER sleep-control space ", space);
-    line("POWER sleep-control address ", reg);
     line("POWER s5-type ", (uint64_t)type);
-    if (type < 0 || space != 1 || reg > 0xFFFF) {
-        puts("POWER FAIL no usable _S5_ or SLEEP_CONTROL_REG\n");
+    if (type < 0) {
+        puts("POWER FAIL no _S5_ in the DSDT\n");
         return 1;
     }
-    puts("POWER off\n");
-    outb((uint16_t)reg, (uint8_t)(type << 2 | 0x20));
+    if (load32(fadt + 112) & (1u << 20)) {
+        /* Hardware-reduced: SLEEP_CONTROL_REG, a Generic Address Structure at FADT offset 244
+         * (space id, width, offset, access size, 64-bit address). Space 1 is system I/O. */
+        uint8_t space = fadt[244];
+        uint64_t reg = load64(fadt + 248);
+        line("POWER sleep-control ", reg);
+        if (space != 1 || reg > 0xFFFF) {
+            puts("POWER FAIL no usable SLEEP_CONTROL_REG\n");
+            return 1;
+        }
+        puts("POWER off\n");
+        outb((uint16_t)reg, (uint8_t)(type << 2 | 0x20));
+    } else {
+        /* Fixed hardware: PM1a_CNT_BLK, an I/O port at FADT offset 64. */
+        uint32_t port = load32(fadt + 64);
+        line("POWER pm1a-control ", port);
+        if (port == 0 || port > 0xFFFF) {
+            puts("POWER FAIL no PM1a_CNT_BLK\n");
+            return 1;
+        }
+        uint16_t value;
+        __asm__ volatile("inw %1, %0" : "=a"(value) : "Nd"((uint16_t)port));
+        value = (uint16_t)((value & ~(7u << 10)) | (uint16_t)type << 10 | 1u << 13);
+        puts("POWER off\n");
+        __asm__ volatile("outw %0, %1" : : "a"(value), "Nd"((uint16_t)port));
+    }
     puts("POWER still running\n");
     return 1;
 }

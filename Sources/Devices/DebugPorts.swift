@@ -72,29 +72,42 @@ public final class PanicPort: BusDevice {
     }
 }
 
-/// The sleep control register of a hardware-reduced ACPI machine (ACPI 6.4 §4.8.3.7,
-/// FADT.SLEEP_CONTROL_REG): the OS writes SLP_TYPx (bits 4:2) with SLP_EN (bit 5) to enter a sleep
-/// state. The type for S5 ("soft off") comes from the DSDT's `\_S5_` package; this device is told
-/// which value that is, and reports only that state. Reads give 0.
-public final class SleepControlPort: BusDevice {
-    public static let sleepEnable: UInt8 = 1 << 5
-
-    let softOffType: UInt8
+/// An ACPI power-management control register: PM1_CNT of a fixed-hardware platform (16 bits,
+/// SLP_TYP in bits 12:10, SLP_EN bit 13) or the sleep control register of a hardware-reduced one
+/// (8 bits, SLP_TYP in bits 4:2, SLP_EN bit 5). Which bits mean "soft off" is the firmware
+/// tables' business (`isPowerOff`, from the same description that wrote `\_S5_`); the port only
+/// reads back `readValue` (e.g. SCI_EN: "already in ACPI mode") and reports the power-off.
+public final class PowerControlPort: BusDevice {
+    let readValue: UInt16
+    let isPowerOff: (UInt16) -> Bool
     let onPowerOff: () -> Void
 
-    public init(softOffType: UInt8, onPowerOff: @escaping () -> Void) {
-        self.softOffType = softOffType
+    public init(readValue: UInt16 = 0, isPowerOff: @escaping (UInt16) -> Bool, onPowerOff: @escaping () -> Void) {
+        self.readValue = readValue
+        self.isPowerOff = isPowerOff
         self.onPowerOff = onPowerOff
     }
 
     public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
-        data.initializeMemory(as: UInt8.self, repeating: 0)
+        for index in data.indices {
+            let byte = Int(offset) + index
+            data[index] = byte < 2 ? UInt8(truncatingIfNeeded: readValue >> (8 * byte)) : 0
+        }
     }
 
     public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
-        guard offset == 0, let value = data.first, value & Self.sleepEnable != 0, (value >> 2) & 0b111 == softOffType else { return }
-        onPowerOff()
+        guard offset == 0, !data.isEmpty else { return }
+        let value = data.prefix(2).enumerated().reduce(UInt16(0)) { $0 | UInt16($1.element) << (8 * $1.offset) }
+        if isPowerOff(value) { onPowerOff() }
     }
+}
+
+/// Registers that read as zero and ignore writes: the ACPI PM1 status and enable registers and the
+/// sleep status register of a machine that has no ACPI events to report.
+public final class ZeroPort: BusDevice {
+    public init() {}
+    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) { data.initializeMemory(as: UInt8.self, repeating: 0) }
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) {}
 }
 
 /// The value-report port: each write appends a value (zero-extended to 32 bits) that a test can

@@ -1,3 +1,4 @@
+import ACPI
 import Devices
 import Dispatch
 import Glibc
@@ -30,6 +31,10 @@ public struct LinuxGuestConfiguration: Sendable {
     public var disks: [DiskConfiguration]
     /// Where to write one line per exit (`--trace`); nil for none.
     public var trace: ExitTrace?
+    /// Whether the guest gets ACPI tables (RSDP, XSDT, FADT, MADT, DSDT), as distribution kernels
+    /// need to find their CPUs, their virtio-mmio disks and the power-off register. The MP table
+    /// and the `virtio_mmio.device=` words, for kernels built without ACPI, are there either way.
+    public var acpi: Bool
     /// After this long the vCPUs are kicked and the outcome is `.timedOut`; nil runs until the guest ends.
     public var timeLimit: Duration?
 
@@ -42,7 +47,7 @@ public struct LinuxGuestConfiguration: Sendable {
         kernelPath: String, initrdPath: String? = nil, commandLine: String = LinuxGuestConfiguration.defaultCommandLine,
         memorySize: Int = LinuxGuestConfiguration.defaultMemorySize, cpus: Int = 1, pit: PITChoice = .kvm,
         entry: LinuxBootEntry = .bits64, cpuid: CPUIDPolicy = CPUIDPolicy(), disks: [DiskConfiguration] = [],
-        trace: ExitTrace? = nil, timeLimit: Duration? = nil
+        trace: ExitTrace? = nil, acpi: Bool = true, timeLimit: Duration? = nil
     ) {
         self.kernelPath = kernelPath
         self.initrdPath = initrdPath
@@ -54,6 +59,7 @@ public struct LinuxGuestConfiguration: Sendable {
         self.cpuid = cpuid
         self.disks = disks
         self.trace = trace
+        self.acpi = acpi
         self.timeLimit = timeLimit
     }
 }
@@ -71,6 +77,8 @@ public final class LinuxGuest: @unchecked Sendable {
     public let disks: [(device: VirtioBlock, location: VirtioMMIODeviceDescription)]
     /// The command line the kernel was given: the user's, plus the virtio-mmio devices.
     public let commandLine: String
+    /// What the firmware tables (ACPI and MP) describe.
+    public let platformDescription: PlatformDescription
     private let emulatedPIT: PIT8254?
     private let diskRunners: [VirtioDeviceRunner]
     private let clock = MonotonicClock()
@@ -146,6 +154,28 @@ public final class LinuxGuest: @unchecked Sendable {
             throw .configuration("\(error)")
         }
 
+        // The firmware tables: the MP table always, ACPI unless turned off (then the kernel finds no
+        // RSDP, neither through the zero page nor by scanning the BIOS area, which stays zero).
+        let platform = PlatformDescription(
+            cpuCount: configuration.cpus, hasI8042: true,
+            virtioMMIODevices: locations.map { VirtioMMIOWindow(base: $0.base, size: $0.size, irq: $0.irq) })
+        do {
+            let tables = try FirmwareTables(description: platform)
+            try tables.write(to: memory)
+            if configuration.acpi {
+                try memory.store(tables.rsdpAddress.rawValue, at: GuestAddress(bootInfo.zeroPage.rawValue + UInt64(BootParams.Offset.acpiRsdpAddr)))
+            } else {
+                for table in tables.acpiTables { try memory.fill(0, count: table.bytes.count, at: table.address) }
+            }
+        } catch let error as FirmwareTableError {
+            throw .configuration(error.description)
+        } catch let error as GuestMemoryError {
+            throw .memory(error)
+        } catch {
+            throw .configuration("\(error)")
+        }
+        platformDescription = platform
+
         machine = try Machine(system: system, memory: memory, milestones: milestones)
         machine.trace = configuration.trace
         let vm = machine.vm
@@ -173,6 +203,19 @@ public final class LinuxGuest: @unchecked Sendable {
         }
         try machine.addPortDevice(
             PanicPort { [unowned machine] in machine.requestStop(.panicked(message: panics.message)) }, at: PanicPort.port)
+        // ACPI power management, where the FADT says it is: power-off ends the run as .poweredOff.
+        let power = platform.power
+        let powerOff = { [unowned machine] in machine.requestStop(.poweredOff) }
+        switch power.model {
+        case .fixedHardware(let eventPort, let controlPort, _):
+            try machine.addPortDevice(ZeroPort(), at: eventPort, count: 4)  // PM1_STS, PM1_EN: no events
+            try machine.addPortDevice(
+                PowerControlPort(readValue: PowerManagement.pm1ControlSCIEnable, isPowerOff: power.isPowerOff, onPowerOff: powerOff),
+                at: controlPort, count: 2)
+        case .hardwareReduced(let controlPort, let statusPort):
+            try machine.addPortDevice(PowerControlPort(isPowerOff: power.isPowerOff, onPowerOff: powerOff), at: controlPort)
+            try machine.addPortDevice(ZeroPort(), at: statusPort)
+        }
         try machine.addPortDevice(keyboardController.dataPort, at: I8042.dataPortAddress)
         try machine.addPortDevice(keyboardController.commandPort, at: I8042.commandPortAddress)
         if configuration.pit == .emulated {

@@ -85,6 +85,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds (default: no limit).", valueName: "seconds"))
     var timeLimit: Double?
 
+    @Flag(name: .long, help: "Give a Linux guest no ACPI tables (the MP table and virtio_mmio.device= words remain, for kernels built without ACPI).")
+    var noACPI = false
+
     @Flag(name: .long, help: "Print every exit, one line each (vCPU, reason, port or address, size, data, device), on standard error.")
     var trace = false
 
@@ -145,7 +148,7 @@ struct Run: ParsableCommand {
         }
         let configuration = LinuxGuestConfiguration(
             kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, memorySize: size, cpus: cpus, pit: pitChoice,
-            entry: entry, cpuid: policy, disks: disks, trace: try exitTrace(), timeLimit: try parsedTimeLimit())
+            entry: entry, cpuid: policy, disks: disks, trace: try exitTrace(), acpi: !noACPI, timeLimit: try parsedTimeLimit())
 
         let guest: LinuxGuest
         do {

@@ -138,14 +138,20 @@ private func read(_ device: some BusDevice, offset: UInt64, width: Int) -> [UInt
         #expect(panics == 1)
     }
 
-    @Test func sleepControlPowersOffOnlyForSoftOffWithSleepEnable() {
+    @Test func powerControlReadsBackItsValueAndReportsOnlyWhatItIsTold() {
         var offs = 0
-        let port = SleepControlPort(softOffType: 5) { offs += 1 }
-        for value: UInt8 in [5 << 2, 3 << 2 | 0x20, 0x20, 0xFF & ~0x20] { withUnsafeBytes(of: value) { port.write(offset: 0, data: $0) } }
-        #expect(offs == 0, "S5 without SLP_EN, another sleep type, or SLP_EN alone do nothing")
-        withUnsafeBytes(of: UInt8(5 << 2 | 0x20)) { port.write(offset: 1, data: $0) }
+        let port = PowerControlPort(readValue: 0x0001, isPowerOff: { $0 == 0x3400 }) { offs += 1 }
+        var value: UInt16 = 0xFFFF
+        withUnsafeMutableBytes(of: &value) { port.read(offset: 0, data: $0) }
+        #expect(value == 1, "SCI_EN reads back")
+        for written: UInt16 in [0x1400, 0x2000, 0x0034] { withUnsafeBytes(of: written) { port.write(offset: 0, data: $0) } }
+        #expect(offs == 0)
+        withUnsafeBytes(of: UInt16(0x3400)) { port.write(offset: 1, data: $0) }
         #expect(offs == 0, "another offset")
-        withUnsafeBytes(of: UInt8(5 << 2 | 0x20)) { port.write(offset: 0, data: $0) }
+        withUnsafeBytes(of: UInt16(0x3400)) { port.write(offset: 0, data: $0) }
         #expect(offs == 1)
+        let byteWide = PowerControlPort(isPowerOff: { $0 == 0x34 }) { offs += 1 }
+        withUnsafeBytes(of: UInt8(0x34)) { byteWide.write(offset: 0, data: $0) }
+        #expect(offs == 2, "an 8-bit register (hardware-reduced sleep control)")
     }
 }
