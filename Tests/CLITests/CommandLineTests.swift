@@ -135,7 +135,7 @@ import Testing
     @Test func helpDescribesTheOptions() throws {
         let result = try SwiftKVMProcess.run(["run", "--help"])
         #expect(result.status == 0)
-        for option in ["--kernel", "--initrd", "--cmdline", "--disk", "--trace", "--trace-file", "--stats", "--cpus", "--pit", "--boot-entry", "--cpu-features", "--firmware", "--mode", "--memory", "--load", "--entry", "--time-limit"] {
+        for option in ["--kernel", "--initrd", "--cmdline", "--disk", "--no-acpi", "--trace", "--trace-file", "--stats", "--cpus", "--pit", "--boot-entry", "--cpu-features", "--firmware", "--mode", "--memory", "--load", "--entry", "--time-limit"] {
             #expect(result.stdout.contains(option), "help lacks \(option)")
         }
     }
@@ -184,6 +184,18 @@ import Testing
         let unwritable = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("exit-code"), "--trace-file", "/nonexistent/t.txt"])
         #expect(unwritable.status == 2)
         #expect(unwritable.stderrLines == ["swiftkvm: --trace-file: /nonexistent/t.txt: No such file or directory"])
+    }
+
+    /// A guest power-off exits 0 with the reason; a guest kernel panic exits 1.
+    @Test(.enabled(if: KVM.shouldRun, KVM.skipReason))
+    func powerOffIsStatusZeroAndPanicIsOne() throws {
+        let guest = Paths.firmware("acpi-power")
+        let off = try SwiftKVMProcess.run(["run", "--kernel", guest, "--memory", "64M", "--cmdline", "console=ttyS0 action=poweroff", "--time-limit", "60"])
+        #expect(off.status == 0)
+        #expect(off.stderrLines == ["swiftkvm: the guest powered off (ACPI S5)"])
+        let panic = try SwiftKVMProcess.run(["run", "--kernel", guest, "--memory", "64M", "--cmdline", "console=ttyS0 action=panic", "--time-limit", "60"])
+        #expect(panic.status == 1)
+        #expect(panic.stderrLines == ["swiftkvm: the guest kernel panicked"])
     }
 
     @Test(.enabled(if: KVM.shouldRun, KVM.skipReason))
