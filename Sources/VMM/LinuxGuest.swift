@@ -156,8 +156,10 @@ public final class LinuxGuest: @unchecked Sendable {
 
         // The firmware tables: the MP table always, ACPI unless turned off (then the kernel finds no
         // RSDP, neither through the zero page nor by scanning the BIOS area, which stays zero).
+        // No i8042 in the FADT's boot flags: Linux then does not probe one whose AUX IRQ 12 may be a
+        // disk's; `reboot=k` still resets through port 0x64, which needs no driver.
         let platform = PlatformDescription(
-            cpuCount: configuration.cpus, hasI8042: true,
+            cpuCount: configuration.cpus,
             virtioMMIODevices: locations.map { VirtioMMIOWindow(base: $0.base, size: $0.size, irq: $0.irq) })
         do {
             let tables = try FirmwareTables(description: platform)

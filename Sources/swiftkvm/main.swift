@@ -85,7 +85,7 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds (default: no limit).", valueName: "seconds"))
     var timeLimit: Double?
 
-    @Flag(name: .long, help: "Give a Linux guest no ACPI tables (the MP table and virtio_mmio.device= words remain, for kernels built without ACPI).")
+    @Flag(name: .customLong("no-acpi"), help: "Give a Linux guest no ACPI tables (the MP table and virtio_mmio.device= words remain, for kernels built without ACPI).")
     var noACPI = false
 
     @Flag(name: .long, help: "Print every exit, one line each (vCPU, reason, port or address, size, data, device), on standard error.")

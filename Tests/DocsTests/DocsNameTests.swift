@@ -164,7 +164,12 @@ struct DocsChecker {
             }
         }
         for tool in ["Sources/swiftkvm/main.swift", "Sources/swiftkvm-bench/Options.swift"] where exists(tool) {
-            options.formUnion(SwiftSource.declarations(in: SwiftSource.withoutComments(try read(tool))).members)
+            let source = SwiftSource.withoutComments(try read(tool))
+            options.formUnion(SwiftSource.declarations(in: source).members)
+            // Options named explicitly, `name: .customLong("no-acpi")`, under their spelled-out name.
+            for piece in try read(tool).components(separatedBy: ".customLong(\"").dropFirst() {
+                if let name = piece.split(separator: "\"").first { options.insert(Self.property(forOption: String(name))) }
+            }
         }
     }
 
@@ -320,10 +325,15 @@ struct DocsChecker {
 
     func check(option word: String) -> String? {
         let name = word.dropFirst(2).prefix { $0 != "=" && $0 != "[" }
+        guard !name.isEmpty else { return nil }
+        return options.contains(Self.property(forOption: String(name))) ? nil : "no option --\(name) in Sources/swiftkvm or Sources/swiftkvm-bench"
+    }
+
+    /// `trace-file` → `traceFile`: the property ArgumentParser derives an option's name from.
+    static func property(forOption name: String) -> String {
         let parts = name.split(separator: "-")
-        guard let head = parts.first else { return nil }
-        let property = String(head) + parts.dropFirst().map { $0.prefix(1).uppercased() + $0.dropFirst() }.joined()
-        return options.contains(property) ? nil : "no option --\(name) in Sources/swiftkvm or Sources/swiftkvm-bench"
+        guard let head = parts.first else { return name }
+        return String(head) + parts.dropFirst().map { $0.prefix(1).uppercased() + $0.dropFirst() }.joined()
     }
 
     func check(make arguments: [String], directory: String) -> String? {
