@@ -8,7 +8,7 @@
 #   test-initramfs.cpio.gz (+ .key)            busybox-static, init/test-init, tools/blkbench
 #   test-initramfs.cpio                        the same, uncompressed (boots faster on KVM-PVM)
 #   stock-kernel/{bzImage,config,version,key}  Debian's linux-image-amd64 kernel
-#   stock-initramfs.cpio.gz (+ .key)           busybox-static + virtio/ext4 modules, init/stock-init
+#   stock-initramfs.cpio.gz (+ .key)           busybox-static + virtio/ext4/pvpanic modules, init/stock-init
 #   test-rootfs.ext4 (+ .key)                  ext4 root file system (busybox-static,
 #                                              init/rootfs-init) for root=/dev/vda
 #   debs/                                      downloaded .deb files
@@ -276,7 +276,7 @@ build_test_initramfs() {
 
 # --- (c) Debian's stock kernel + module initramfs ------------------------------------
 
-STOCK_MODULES="virtio virtio_ring virtio_mmio virtio_pci virtio_blk crc32c_generic ext4"
+STOCK_MODULES="virtio virtio_ring virtio_mmio virtio_pci virtio_blk crc32c_generic ext4 pvpanic pvpanic_mmio"
 
 build_stock() {
 	ensure_installed gzip xz-utils zstd kmod python3

@@ -7,7 +7,7 @@
 #   Firmware/linux/nested-kvm.sh --prepare     (install QEMU, build the cached parts, run nothing)
 #
 # SWIFTKVM-ARGUMENTS are what `swiftkvm` gets (e.g. `run --kernel K --initrd I --cmdline "..."`);
-# the files given to --kernel, --initrd and --firmware are host paths: they are copied into the
+# the files given to --kernel, --initrd, --firmware and --disk are host paths: they are copied into the
 # outer VM and the arguments rewritten to point at the copies. swiftkvm's standard input is FILE
 # (default: empty), its standard output and error are the outer VM's serial console, which this
 # script copies to its standard output and to the --log file.
@@ -259,27 +259,30 @@ build_payload() { # build_payload DIR ARGS... : writes DIR/payload.cpio
 	done <"$tmp/ldd"
 
 	# swiftkvm's arguments, with host files copied in.
-	local args=() n=0 a opt file
+	local args=() n=0 a opt file suffix
 	while [ $# -gt 0 ]; do
 		a=$1
 		shift
-		opt= file=
+		opt= file= suffix=
 		case "$a" in
-		--kernel | --initrd | --firmware)
+		--kernel | --initrd | --firmware | --disk)
 			[ $# -gt 0 ] || usage "$a needs a value"
 			opt=$a file=$1
 			shift
 			;;
-		--kernel=* | --initrd=* | --firmware=*) opt=${a%%=*}; file=${a#*=} ;;
+		--kernel=* | --initrd=* | --firmware=* | --disk=*) opt=${a%%=*}; file=${a#*=} ;;
 		esac
+		# A disk may carry options after its path (PATH,readonly); they stay on the copy.
+		if [ "$opt" = --disk ] && [[ $file == *,* ]]; then suffix=,${file#*,}; file=${file%%,*}; fi
 		if [ -n "$opt" ]; then
 			[ -f "$file" ] && [ -r "$file" ] || usage "$opt $file: not a readable file"
 			[[ $file != *[[:space:]]* ]] || usage "$opt '$file': a path with white space cannot be packed"
 			n=$((n + 1))
 			local inside=/nested/files/$n-${file##*/}
 			[ $n -gt 1 ] || list_dirs "$inside" >>"$list"
+			# Disks are written by the guest: they live in the outer VM's RAM, not on the host.
 			echo "file $inside $(readlink -f "$file") 644" >>"$list"
-			args+=("$opt" "$inside")
+			args+=("$opt" "$inside$suffix")
 		else
 			args+=("$a")
 		fi
