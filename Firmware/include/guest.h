@@ -67,6 +67,28 @@ static inline void puts(const char *s)
         putc(*s++);
 }
 
+/* Write VALUE to COM1 in hex with a 0x prefix and no leading zeros (0x0 for zero). */
+static inline void put_hex(uint64_t value)
+{
+    char digits[19] = "0x";
+    int length = 2;
+    int shift = 60;
+    while (shift > 0 && ((value >> shift) & 0xF) == 0)
+        shift -= 4;
+    for (; shift >= 0; shift -= 4)
+        digits[length++] = "0123456789abcdef"[(value >> shift) & 0xF];
+    digits[length] = 0;
+    puts(digits);
+}
+
+/* Write TEXT, VALUE in hex, and a newline: one "NAME 0x..." line of a guest's report. */
+static inline void put_line_hex(const char *text, uint64_t value)
+{
+    puts(text);
+    put_hex(value);
+    putc('\n');
+}
+
 /* Append a 32-bit value to the run's report list. */
 static inline void report(uint32_t value)
 {

@@ -16,26 +16,6 @@
  */
 #include "guest.h"
 
-static void put_hex(uint64_t value)
-{
-    char digits[19] = "0x";
-    int length = 2;
-    int shift = 60;
-    while (shift > 0 && ((value >> shift) & 0xF) == 0)
-        shift -= 4;
-    for (; shift >= 0; shift -= 4)
-        digits[length++] = "0123456789abcdef"[(value >> shift) & 0xF];
-    digits[length] = 0;
-    puts(digits);
-}
-
-static void line(const char *text, uint64_t value)
-{
-    puts(text);
-    put_hex(value);
-    putc('\n');
-}
-
 static int same(const volatile uint8_t *bytes, const char *text, int count)
 {
     for (int i = 0; i < count; i++)
@@ -109,7 +89,7 @@ int guest_main(const unsigned char *boot_params)
     }
 
     uint64_t rsdp_address = *(const volatile uint64_t *)(boot_params + 0x070);
-    line("POWER rsdp ", rsdp_address);
+    put_line_hex("POWER rsdp ", rsdp_address);
     const volatile uint8_t *rsdp = (const volatile uint8_t *)(uintptr_t)rsdp_address;
     if (!rsdp_address || !same(rsdp, "RSD PTR ", 8) || rsdp[15] < 2) {
         puts("POWER FAIL no ACPI 2.0 RSDP at boot_params.acpi_rsdp_addr\n");
@@ -123,7 +103,7 @@ int guest_main(const unsigned char *boot_params)
     }
     const volatile uint8_t *dsdt = (const volatile uint8_t *)(uintptr_t)load64(fadt + 140);  /* X_DSDT */
     int type = soft_off_type(dsdt);
-    line("POWER s5-type ", (uint64_t)type);
+    put_line_hex("POWER s5-type ", (uint64_t)type);
     if (type < 0) {
         puts("POWER FAIL no _S5_ in the DSDT\n");
         return 1;
@@ -133,7 +113,7 @@ int guest_main(const unsigned char *boot_params)
          * (space id, width, offset, access size, 64-bit address). Space 1 is system I/O. */
         uint8_t space = fadt[244];
         uint64_t reg = load64(fadt + 248);
-        line("POWER sleep-control ", reg);
+        put_line_hex("POWER sleep-control ", reg);
         if (space != 1 || reg > 0xFFFF) {
             puts("POWER FAIL no usable SLEEP_CONTROL_REG\n");
             return 1;
@@ -143,7 +123,7 @@ int guest_main(const unsigned char *boot_params)
     } else {
         /* Fixed hardware: PM1a_CNT_BLK, an I/O port at FADT offset 64. */
         uint32_t port = load32(fadt + 64);
-        line("POWER pm1a-control ", port);
+        put_line_hex("POWER pm1a-control ", port);
         if (port == 0 || port > 0xFFFF) {
             puts("POWER FAIL no PM1a_CNT_BLK\n");
             return 1;

@@ -63,26 +63,6 @@ static unsigned failures;
 static uint32_t reg_read(uint32_t offset) { return *(volatile uint32_t *)(device + offset); }
 static void reg_write(uint32_t offset, uint32_t value) { *(volatile uint32_t *)(device + offset) = value; }
 
-static void put_hex(uint64_t value)
-{
-    char digits[19] = "0x";
-    int length = 2;
-    int shift = 60;
-    while (shift > 0 && ((value >> shift) & 0xF) == 0)
-        shift -= 4;
-    for (; shift >= 0; shift -= 4)
-        digits[length++] = "0123456789abcdef"[(value >> shift) & 0xF];
-    digits[length] = 0;
-    puts(digits);
-}
-
-static void line(const char *text, uint64_t value)
-{
-    puts(text);
-    put_hex(value);
-    putc('\n');
-}
-
 static int starts_with(const char *text, const char *prefix)
 {
     while (*prefix)
@@ -163,7 +143,7 @@ static int find_device(const char *command_line, uint64_t *base, uint64_t *irq)
 static int initialize(uint32_t *offered)
 {
     if (reg_read(VERSION) != 2) {
-        line("VBLK FAIL version ", reg_read(VERSION));
+        put_line_hex("VBLK FAIL version ", reg_read(VERSION));
         return 0;
     }
     reg_write(STATUS, 0);
@@ -259,7 +239,7 @@ int guest_main(const unsigned char *boot_params)
     device = (volatile uint8_t *)(uintptr_t)base;
     puts("VBLK device ");
     put_hex(base);
-    line(" irq ", irq);
+    put_line_hex(" irq ", irq);
     uint32_t offered = 0;
     if (!initialize(&offered)) {
         puts("VBLK DONE failures 0x1\n");
@@ -268,7 +248,7 @@ int guest_main(const unsigned char *boot_params)
     uint64_t capacity = *(volatile uint32_t *)(device + CONFIG) | (uint64_t)*(volatile uint32_t *)(device + CONFIG + 4) << 32;
     puts("VBLK capacity ");
     put_hex(capacity);
-    line(" features ", offered);
+    put_line_hex(" features ", offered);
 
     char id[21] = { 0 };
     if (request(T_GET_ID, 0, id, 20, 1) == 0) {
@@ -285,7 +265,7 @@ int guest_main(const unsigned char *boot_params)
         uint64_t chunk = to_read - sector < 128 ? to_read - sector : 128;  /* 64 KiB requests */
         uint8_t result = request(T_IN, sector, buffer, (uint32_t)(chunk * SECTOR), 1);
         if (result != 0) {
-            line("VBLK FAIL read status ", result);
+            put_line_hex("VBLK FAIL read status ", result);
             failures++;
             break;
         }
@@ -294,7 +274,7 @@ int guest_main(const unsigned char *boot_params)
     }
     puts("VBLK read sectors ");
     put_hex(to_read);
-    line(" checksum ", hash);
+    put_line_hex(" checksum ", hash);
 
     uint64_t write_at = option(command_line, "vblk.write", ~0ull);
     if (write_at != ~0ull) {
@@ -304,8 +284,8 @@ int guest_main(const unsigned char *boot_params)
         uint8_t result = request(T_OUT, write_at, buffer, 8 * SECTOR, 0);
         puts("VBLK write sector ");
         put_hex(write_at);
-        line(" status ", result);
-        line("VBLK flush status ", request(T_FLUSH, 0, 0, 0, 0));
+        put_line_hex(" status ", result);
+        put_line_hex("VBLK flush status ", request(T_FLUSH, 0, 0, 0, 0));
     }
 
     uint64_t bench = option(command_line, "vblk.bench", 0);
@@ -326,9 +306,9 @@ int guest_main(const unsigned char *boot_params)
         }
         puts("VBLK bench-end requests ");
         put_hex(requests);
-        line(" bytes ", done);
+        put_line_hex(" bytes ", done);
     }
 
-    line("VBLK DONE failures ", failures);
+    put_line_hex("VBLK DONE failures ", failures);
     return (int)failures;
 }
