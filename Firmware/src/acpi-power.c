@@ -2,7 +2,7 @@
  * acpi-power - a bzImage-shaped guest that ends the machine the way a Linux kernel would.
  *
  * `action=poweroff` (the default): like Linux's acpi_power_off, it finds the RSDP
- * (boot_params.acpi_rsdp_addr, zero page offset 0x070), follows it to the XSDT, finds the FADT
+ * (boot_params.acpi_rsdp_addr, zero page offset 0x070, else by scanning 0xE0000-0xFFFFF), follows it to the XSDT, finds the FADT
  * ("FACP") and the S5 sleep type in the DSDT's `\_S5_` package, and then, as ACPICA does:
  * on a fixed-hardware platform writes SLP_TYP << 10 | SLP_EN (bit 13) to PM1a_CNT (16 bits);
  * on a hardware-reduced one (FADT flag HW_REDUCED_ACPI) writes SLP_TYP << 2 | SLP_EN (bit 5) to
@@ -89,6 +89,10 @@ int guest_main(const unsigned char *boot_params)
     }
 
     uint64_t rsdp_address = *(const volatile uint64_t *)(boot_params + 0x070);
+    /* A loader that does not fill acpi_rsdp_addr (QEMU's qboot): scan the BIOS area as Linux does. */
+    for (uint64_t at = 0xE0000; !rsdp_address && at < 0x100000; at += 16)
+        if (same((const volatile uint8_t *)(uintptr_t)at, "RSD PTR ", 8))
+            rsdp_address = at;
     put_line_hex("POWER rsdp ", rsdp_address);
     const volatile uint8_t *rsdp = (const volatile uint8_t *)(uintptr_t)rsdp_address;
     if (!rsdp_address || !same(rsdp, "RSD PTR ", 8) || rsdp[15] < 2) {
@@ -114,12 +118,16 @@ int guest_main(const unsigned char *boot_params)
         uint8_t space = fadt[244];
         uint64_t reg = load64(fadt + 248);
         put_line_hex("POWER sleep-control ", reg);
-        if (space != 1 || reg > 0xFFFF) {
+        if (space == 1 && reg <= 0xFFFF) {
+            puts("POWER off\n");
+            outb((uint16_t)reg, (uint8_t)(type << 2 | 0x20));
+        } else if (space == 0 && reg < (4ull << 30)) {  /* MMIO, as QEMU microvm's GED has it */
+            puts("POWER off\n");
+            *(volatile uint8_t *)(uintptr_t)reg = (uint8_t)(type << 2 | 0x20);
+        } else {
             puts("POWER FAIL no usable SLEEP_CONTROL_REG\n");
             return 1;
         }
-        puts("POWER off\n");
-        outb((uint16_t)reg, (uint8_t)(type << 2 | 0x20));
     } else {
         /* Fixed hardware: PM1a_CNT_BLK, an I/O port at FADT offset 64. */
         uint32_t port = load32(fadt + 64);
