@@ -78,6 +78,30 @@ struct StockKernelTests {
     }
 }
 
+extension StockKernelTests {
+    /// The project's test kernel (no ACPI: it finds its CPUs in the MP table) with two and four
+    /// vCPUs, on the hardware-like lane: on KVM-PVM a second vCPU never comes up (QEMU's neither),
+    /// so this is where the MP table, INIT/SIPI and the CPUID topology meet a real SMP boot.
+    @Test(.timeLimit(.minutes(12)), arguments: [2, 4])
+    func testKernelBringsUpEveryVCPUFromTheMPTable(cpus: Int) throws {
+        let lane = KVMLane.current
+        let assets = try GuestAssets.testKernel()
+        let run = try lane.runSwiftKVMRetryingTheLane(
+            [
+                "run", "--kernel", assets.kernel, "--initrd", assets.initrd, "--cpus", "\(cpus)",
+                "--cmdline", "console=ttyS0 reboot=k panic=-1", "--time-limit", "150",
+            ],
+            input: "nproc\ngrep -c ^processor /proc/cpuinfo\nreboot -f\n", deadline: 180)
+        print("StockKernelTests: lane: \(lane): test kernel, \(cpus) vCPUs: exit status \(run.status) after \(run.seconds) s")
+        let lines = run.output.split(whereSeparator: \.isNewline).map(String.init)
+        let tail = String(run.output.suffix(3000))
+        #expect(run.output.contains("smp: Brought up 1 node, \(cpus) CPUs"), "the run said:\n\(tail)")
+        #expect(lines.filter { $0 == "\(cpus)" }.count >= 2, "nproc and /proc/cpuinfo: the run said:\n\(tail)")
+        #expect(run.output.contains("swiftkvm: the guest rebooted"), "the run said:\n\(tail)")
+        #expect(run.status == 0)
+    }
+}
+
 /// Debian's stock kernel and its busybox initramfs, which `make test` builds into the cache.
 enum StockKernel {
     static func assets() throws -> (kernel: String, initrd: String, version: String) {
