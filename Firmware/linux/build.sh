@@ -292,7 +292,7 @@ build_stock() {
 	kkey=$(printf '%s\n' "image=$image $image_ver" | make_key)
 	ikey=$(printf '%s\n' "image=$image $image_ver" "busybox-static=$(busybox_version)" \
 		"modules=$STOCK_MODULES" "applets=$APPLETS" |
-		make_key "$HERE/init/stock-init" "$HERE/mkcpio.py" "$HERE/build.sh")
+		make_key "$HERE/init/stock-init" "$HERE/mkcpio.py" "$HERE/pack-modules.py" "$HERE/build.sh")
 	local kout="$CACHE/stock-kernel" iout="$CACHE/stock-initramfs.cpio.gz"
 	if up_to_date "$kout/key" "$kkey" "$kout/bzImage" &&
 		up_to_date "$iout.key" "$ikey" "$iout"; then
@@ -327,57 +327,9 @@ build_stock() {
 		echo "dir /lib 755"
 		echo "dir /lib/modules 755"
 	} >>"$tmp/list"
-	# Load order (dependencies first) of the wanted modules that are not built in.
-	"$PYTHON" - "$mods" $STOCK_MODULES >"$tmp/order" <<-'EOF'
-	import os, sys
-	mods, wanted = sys.argv[1], sys.argv[2:]
-	dep = {}
-	for line in open(os.path.join(mods, "modules.dep")):
-	    path, _, deps = line.partition(":")
-	    dep[path] = deps.split()
-	def name(path):
-	    base = os.path.basename(path)
-	    return base[:base.index(".ko")].replace("-", "_")
-	by_name = {name(p): p for p in dep}
-	builtin = set()
-	for f in ("modules.builtin",):
-	    if os.path.exists(os.path.join(mods, f)):
-	        builtin |= {name(l.strip()) for l in open(os.path.join(mods, f)) if l.strip()}
-	order, seen = [], set()
-	def visit(p):
-	    if p in seen:
-	        return
-	    seen.add(p)
-	    for d in reversed(dep[p]):   # modules.dep lists the nearest dependency first
-	        visit(d)
-	    order.append(p)
-	for w in wanted:
-	    if w in by_name:
-	        visit(by_name[w])
-	    elif w in builtin:
-	        print("built in: " + w, file=sys.stderr)
-	    else:
-	        sys.exit("module %s is neither in modules.dep nor built in" % w)
-	print("\n".join(order))
-	EOF
-	local m n=0
-	: >"$tmp/load-order"
-	while read -r m; do
-		[ -n "$m" ] || continue
-		local flat=${m##*/}
-		case "$flat" in
-		*.ko.xz) xz -dc "$mods/$m" >"$tmp/$((n)).ko" ;;
-		*.ko.zst) zstd -q -dc "$mods/$m" >"$tmp/$((n)).ko" ;;
-		*.ko.gz) gzip -dc "$mods/$m" >"$tmp/$((n)).ko" ;;
-		*.ko) cp "$mods/$m" "$tmp/$((n)).ko" ;;
-		*) die "unknown module file $m" ;;
-		esac
-		flat=${flat%%.ko*}.ko
-		echo "file /lib/modules/$flat $tmp/$((n)).ko 644" >>"$tmp/list"
-		echo "$flat" >>"$tmp/load-order"
-		n=$((n + 1))
-	done <"$tmp/order"
-	echo "file /lib/modules/load-order $tmp/load-order 644" >>"$tmp/list"
+	# The wanted modules that are not built in, dependencies first, and their load-order file.
+	"$PYTHON" "$HERE/pack-modules.py" "$mods" "$tmp" $STOCK_MODULES >>"$tmp/list" ||
+		die "cannot pack the modules $STOCK_MODULES"
 	pack "$tmp/list" "$iout"
 	echo "$ikey" >"$iout.key"
 	log "stock kernel: $kout/bzImage ($kver); initramfs: $iout ($(stat -c %s "$iout") bytes), modules: $(tr '\n' ' ' <"$tmp/load-order")"

@@ -129,7 +129,7 @@ build_base() {
 		echo "recipe=$RECIPE"
 		echo "image=${image#"$CACHE"/} busybox=${bb#"$CACHE"/}"
 		echo "modules=$OUTER_MODULES applets=$OUTER_APPLETS"
-		cat "$HERE/init/nested-init" "$HERE/mkcpio.py"
+		cat "$HERE/init/nested-init" "$HERE/mkcpio.py" "$HERE/pack-modules.py"
 		sed -n '/^# --- the base archive/,/^# --- end of the base archive/p' "${BASH_SOURCE[0]}"
 	} | sha256sum | cut -d' ' -f1)
 	if [ -z "${FORCE:-}" ] && [ -s "$BASE" ] && [ "$(cat "$BASE.key" 2>/dev/null)" = "$key" ]; then
@@ -162,49 +162,9 @@ build_base() {
 		echo "dir /lib 755"
 		echo "dir /lib/modules 755"
 	} >"$tmp/list"
-	# Load order of the wanted modules, dependencies first, from modules.dep.
-	"$PYTHON" - "$mods" $OUTER_MODULES >"$tmp/order" <<-'EOF'
-	import os, sys
-	mods, wanted = sys.argv[1], sys.argv[2:]
-	dep = {}
-	for line in open(os.path.join(mods, "modules.dep")):
-	    path, _, deps = line.partition(":")
-	    dep[path] = deps.split()
-	def name(path):
-	    base = os.path.basename(path)
-	    return base[:base.index(".ko")].replace("-", "_")
-	by_name = {name(p): p for p in dep}
-	order, seen = [], set()
-	def visit(p):
-	    if p in seen:
-	        return
-	    seen.add(p)
-	    for d in reversed(dep[p]):   # modules.dep lists the nearest dependency first
-	        visit(d)
-	    order.append(p)
-	for w in wanted:
-	    if w not in by_name:
-	        sys.exit("module %s is not in modules.dep" % w)
-	    visit(by_name[w])
-	print("\n".join(order))
-	EOF
-	local m flat n=0
-	: >"$tmp/load-order"
-	while read -r m; do
-		[ -n "$m" ] || continue
-		flat=${m##*/}
-		case "$flat" in
-		*.ko.xz) xz -dc "$mods/$m" >"$tmp/$n.ko" ;;
-		*.ko.zst) zstd -q -dc "$mods/$m" >"$tmp/$n.ko" ;;
-		*.ko) cp "$mods/$m" "$tmp/$n.ko" ;;
-		*) die "unknown module file $m" ;;
-		esac
-		flat=${flat%%.ko*}.ko
-		echo "file /lib/modules/$flat $tmp/$n.ko 644" >>"$tmp/list"
-		echo "$flat" >>"$tmp/load-order"
-		n=$((n + 1))
-	done <"$tmp/order"
-	echo "file /lib/modules/load-order $tmp/load-order 644" >>"$tmp/list"
+	# The modules, dependencies first, and their load-order file.
+	"$PYTHON" "$HERE/pack-modules.py" "$mods" "$tmp" $OUTER_MODULES >>"$tmp/list" ||
+		die "cannot pack the modules $OUTER_MODULES"
 	"$PYTHON" "$HERE/mkcpio.py" "$tmp/list" "$BASE.tmp"
 	mv "$BASE.tmp" "$BASE"
 	echo "$key" >"$BASE.key"
