@@ -35,13 +35,11 @@ struct StockKernelTests {
             ],
             input: "uname -r\nnproc\ncat /sys/block/vda/size\nls /sys/bus/acpi/devices\npoweroff -f\n", deadline: 180)
         print("StockKernelTests: lane: \(lane): exit status \(run.status) after \(run.seconds) s")
-        for line in run.output.split(whereSeparator: \.isNewline) where line.hasPrefix("nested-kvm: ") {
+        for line in run.lines where line.hasPrefix("nested-kvm: ") {
             print("StockKernelTests: \(line)")
         }
 
-        // "\r\n" is one Character in Swift: split on newlines, not on "\n".
-        let lines = run.output.split(whereSeparator: \.isNewline).map(String.init)
-        let tail = String(run.output.suffix(3000))
+        let (lines, tail) = (run.lines, run.tail)
         #expect(lines.contains { $0.contains("Linux version \(stock.version) ") }, "no banner; the run said:\n\(tail)")
         #expect(run.output.contains("SWIFTKVM-INIT-READY"), "/init did not finish; the run said:\n\(tail)")
         // The answers are lines of their own (the echo of a typed command is not).
@@ -68,8 +66,7 @@ struct StockKernelTests {
             ],
             input: "nproc\necho c > /proc/sysrq-trigger\n", deadline: 180)
         print("StockKernelTests: lane: \(lane): panic run: exit status \(run.status) after \(run.seconds) s")
-        let lines = run.output.split(whereSeparator: \.isNewline).map(String.init)
-        let tail = String(run.output.suffix(3000))
+        let (lines, tail) = (run.lines, run.tail)
         #expect(lines.contains("4"), "nproc did not say 4; the run said:\n\(tail)")
         #expect(run.output.contains("Kernel panic - not syncing: sysrq triggered crash"), "the run said:\n\(tail)")
         // panic=30: without pvpanic the VMM would hear of it only 30 s later, from the reset.
@@ -93,8 +90,7 @@ extension StockKernelTests {
             ],
             input: "nproc\ngrep -c ^processor /proc/cpuinfo\nreboot -f\n", deadline: 180)
         print("StockKernelTests: lane: \(lane): test kernel, \(cpus) vCPUs: exit status \(run.status) after \(run.seconds) s")
-        let lines = run.output.split(whereSeparator: \.isNewline).map(String.init)
-        let tail = String(run.output.suffix(3000))
+        let (lines, tail) = (run.lines, run.tail)
         #expect(run.output.contains("smp: Brought up 1 node, \(cpus) CPUs"), "the run said:\n\(tail)")
         #expect(lines.filter { $0 == "\(cpus)" }.count >= 2, "nproc and /proc/cpuinfo: the run said:\n\(tail)")
         #expect(run.output.contains("swiftkvm: the guest rebooted"), "the run said:\n\(tail)")
@@ -210,6 +206,11 @@ struct LaneRun {
     let status: Int32
     let output: String
     let seconds: Double
+
+    /// The output's lines ("\r\n" is one Character in Swift: split on newlines, not on "\n").
+    var lines: [String] { output.split(whereSeparator: \.isNewline).map(String.init) }
+    /// The end of the output, for failure messages.
+    var tail: String { String(output.suffix(3000)) }
 }
 
 struct LaneError: Error, CustomStringConvertible {
