@@ -26,6 +26,9 @@ public struct RunReport: Sendable {
     public let duration: Duration
     /// Each vCPU's exits and where its time went, in vCPU order.
     public let vcpus: [VCPUReport]
+    /// The vCPU whose exit decided the outcome (a triple fault on vCPU 1 says 1); nil when a device,
+    /// the host or the time limit ended the run.
+    public let stoppedBy: Int?
 }
 
 /// A virtual machine assembled from its parts: KVM's VM, guest memory, the two buses and the vCPUs.
@@ -53,6 +56,8 @@ public final class Machine: @unchecked Sendable {
     public let milestones: BootMilestones
     public private(set) var vcpus: [VCPU] = []
     private let threads = Mutex<[pthread_t]>([])
+    /// The index of the vCPU whose exit decided the outcome, or -1.
+    private let decidingVCPU = Atomic<Int>(-1)
 
     /// Creates the VM and gives it `memory`, one KVM memory slot per region.
     public init(system: KVMSystem, memory: GuestMemory, milestones: BootMilestones = BootMilestones()) throws(VMMError) {
@@ -111,6 +116,7 @@ public final class Machine: @unchecked Sendable {
     /// or until `timeLimit` passes (then the outcome is `.timedOut`).
     public func run(timeLimit: Duration? = nil) throws(VMMError) -> RunReport {
         guard !vcpus.isEmpty else { throw .configuration("the machine has no vCPU") }
+        decidingVCPU.store(-1, ordering: .releasing)
         do { try Kick.installHandler() } catch { throw .kvm(error) }
 
         let finished = DispatchSemaphore(value: 0)
@@ -172,7 +178,7 @@ public final class Machine: @unchecked Sendable {
             return RunReport(
                 outcome: .vmmError("\(stuck.joined(separator: ", ")) did not leave KVM_RUN within \(Self.kickPatience) of being kicked"),
                 statistics: reports.reduce(ExitStatistics()) { $0 + $1.statistics }, registers: collected[0]?.1,
-                specialRegisters: collected[0]?.2, duration: clock.now - start, vcpus: reports)
+                specialRegisters: collected[0]?.2, duration: clock.now - start, vcpus: reports, stoppedBy: nil)
         }
         for thread in started { thread.join() }
         let duration = clock.now - start
@@ -181,9 +187,11 @@ public final class Machine: @unchecked Sendable {
         trace?.flush()
 
         let reports = collected.keys.sorted().compactMap { collected[$0]?.0 }
+        let decider = decidingVCPU.load(ordering: .acquiring)
         return RunReport(
             outcome: stopSignal.reason ?? .stopped, statistics: reports.reduce(ExitStatistics()) { $0 + $1.statistics },
-            registers: collected[0]?.1, specialRegisters: collected[0]?.2, duration: duration, vcpus: reports)
+            registers: collected[0]?.1, specialRegisters: collected[0]?.2, duration: duration, vcpus: reports,
+            stoppedBy: decider >= 0 ? decider : nil)
     }
 
     /// One vCPU's KVM_RUN loop: enter, dispatch the exit, repeat until a stop is requested.
@@ -218,6 +226,7 @@ public final class Machine: @unchecked Sendable {
             let action = handler.handle(exit)
             trace?.record(ExitTrace.line(vcpu: index, exit: exit, device: handler.lastDevice))
             if case .stop(let outcome) = action {
+                if stopSignal.request(outcome) { decidingVCPU.store(index, ordering: .releasing) }
                 requestStop(outcome)
                 break
             }

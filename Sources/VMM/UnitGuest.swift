@@ -64,6 +64,7 @@ public struct UnitGuest: Sendable {
 
     /// Checks that the program, its entry point and the VMM's tables fit the memory.
     public func validate() throws(VMMError) {
+        guard cpus >= 1 else { throw .configuration("a unit guest needs at least one vCPU, not \(cpus)") }
         let minimum = UnitGuestLayout.minimumMemory(for: mode)
         guard memorySize >= minimum, memorySize <= UnitGuestLayout.maximumMemory, memorySize % 4096 == 0 else {
             throw .configuration(
@@ -107,6 +108,10 @@ public struct UnitGuest: Sendable {
         } catch {
             throw VMMError.kvm(error)
         }
+        let maximumCPUs = Int(kvm.checkExtension(KVMCapability.maxVCPUs))
+        if maximumCPUs > 0, cpus > maximumCPUs {
+            throw VMMError.configuration("\(cpus) vCPUs is more than the \(maximumCPUs) this host's KVM allows")
+        }
         let memory: GuestMemory
         do { memory = try GuestMemory(size: memorySize) } catch { throw VMMError.memory(error) }
         let layout = UnitGuestLayout(memorySize: memorySize, mode: mode)
@@ -132,7 +137,6 @@ public struct UnitGuest: Sendable {
             try machine.addPortDevice(stub, at: UnitGuestLayout.exceptionPort)
         }
 
-        guard cpus >= 1 else { throw VMMError.configuration("a unit guest needs at least one vCPU, not \(cpus)") }
         for index in 0..<cpus {
             let vcpu = try machine.addVCPU(cpuid: CPUIDPolicy().entries(from: cpuid, vcpu: UInt32(index), of: UInt32(cpus)))
             do {
@@ -148,7 +152,7 @@ public struct UnitGuest: Sendable {
         return GuestRun(
             outcome: report.outcome, console: output.bytes, reports: reports.values, registers: report.registers,
             specialRegisters: report.specialRegisters, memory: memory, statistics: report.statistics,
-            duration: report.duration, vcpus: report.vcpus)
+            duration: report.duration, vcpus: report.vcpus, stoppedBy: report.stoppedBy)
     }
 }
 
@@ -168,6 +172,8 @@ public struct GuestRun: @unchecked Sendable {
     public let duration: Duration
     /// The vCPU's exits and where its time went.
     public let vcpus: [VCPUReport]
+    /// The vCPU whose exit ended the run (nil when a device, the host or the time limit did).
+    public let stoppedBy: Int?
 
     /// The console output decoded as UTF-8 (invalid bytes become U+FFFD).
     public var consoleText: String { String(decoding: console, as: UTF8.self) }

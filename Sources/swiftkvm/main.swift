@@ -54,7 +54,9 @@ struct Run: ParsableCommand {
             valueName: "file[,readonly]"))
     var disk: [String] = []
 
-    @Option(name: .long, help: "Number of vCPUs (Linux).")
+    @Option(
+        name: .long,
+        help: "Number of vCPUs. Linux starts the others itself (INIT/SIPI); --firmware starts on every one at its entry point.")
     var cpus: Int = 1
 
     @Option(name: .long, help: ArgumentHelp("Which 8254 PIT Linux gets: kvm (in-kernel, the default) or emulated.", valueName: "kvm|emulated"))
@@ -183,7 +185,7 @@ struct Run: ParsableCommand {
             ConsoleOutput.flush()
             fputs(StatisticsTable.render(report, milestones: guest.machine.milestones), stderr)
         }
-        try finish(report.outcome, signal: stopper.signal)
+        try finish(report.outcome, signal: stopper.signal, stoppedBy: cpus > 1 ? report.stoppedBy : nil)
     }
 
     func runFirmware(_ firmware: String) throws {
@@ -202,12 +204,14 @@ struct Run: ParsableCommand {
             entryAddress = parsed
         }
         let limit = try parsedTimeLimit()
+        guard cpus >= 1 else { throw UsageError("--cpus must be at least 1") }
 
         var guest: UnitGuest
         do {
             guest = try UnitGuest(
                 contentsOf: firmware, mode: cpuMode, memorySize: size, loadAddress: GuestAddress(loadAddress),
                 entry: entryAddress.map { GuestAddress($0) }, timeLimit: limit)
+            guest.cpus = cpus
             try guest.validate()
         } catch {
             throw UsageError("\(error)")
@@ -224,6 +228,9 @@ struct Run: ParsableCommand {
                     machine.withLock { $0 = started }
                     stopper.watch(started)
                 })
+        } catch let error as VMMError {
+            if case .configuration = error { throw UsageError(error.description) }
+            throw RuntimeFailure(error.description)
         } catch {
             throw RuntimeFailure("\(error)")
         }
@@ -234,14 +241,15 @@ struct Run: ParsableCommand {
                     duration: result.duration, statistics: result.statistics, vcpus: result.vcpus,
                     milestones: machine.withLock { $0?.milestones }), stderr)
         }
-        try finish(result.outcome, signal: stopper.signal)
+        try finish(result.outcome, signal: stopper.signal, stoppedBy: cpus > 1 ? result.stoppedBy : nil)
     }
 
-    /// Prints the reason the guest ended (if it needs saying) and exits with its status.
-    func finish(_ outcome: GuestOutcome, signal: Int32?) throws -> Never {
+    /// Prints the reason the guest ended (if it needs saying), with the vCPU it happened on when
+    /// there are several, and exits with its status.
+    func finish(_ outcome: GuestOutcome, signal: Int32?, stoppedBy vcpu: Int?) throws -> Never {
         ConsoleOutput.flush()
         let (status, reason) = Self.exitStatus(for: outcome, signal: signal)
-        if let reason { printError(reason) }
+        if let reason { printError(vcpu.map { "\(reason), on vcpu\($0)" } ?? reason) }
         throw ExitCode(status)
     }
 

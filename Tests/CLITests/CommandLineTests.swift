@@ -154,6 +154,15 @@ import Testing
         #expect(fault.status == 0)
         #expect(fault.stderr == "swiftkvm: the guest shut down (triple fault or reset)\n")
 
+        // On several vCPUs the line names the one that faulted (the last, in this guest).
+        let smpFault = try SwiftKVMProcess.run(
+            ["run", "--firmware", Paths.firmware("triple-fault"), "--mode", "protected", "--cpus", "3"])
+        #expect(smpFault.status == 0)
+        #expect(smpFault.stderr == "swiftkvm: the guest shut down (triple fault or reset), on vcpu2\n")
+        let tooMany = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("exit-code"), "--mode", "real", "--cpus", "100000"])
+        #expect(tooMany.status == 2)
+        #expect(tooMany.stderr.hasSuffix("this host's KVM allows\n"), "\(tooMany.stderr)")
+
         let exception = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("fault-user"), "--mode", "user"])
         #expect(exception.status == 1)
         #expect(exception.stderr.contains("exception 13 (#GP general protection)"))

@@ -66,10 +66,16 @@ struct FirmwareGuestTests {
         #expect(try run.memory.load(UInt8.self, at: 0xA100) == 0, "nothing written past the pattern")
     }
 
-    @Test func tripleFaultIsShutdown() throws {
-        let run = try Firmware.guest("triple-fault", mode: .protected).run()
+    /// The last vCPU triple-faults while the others spin: the run ends as a shutdown, and says
+    /// which vCPU's exit ended it.
+    @Test(arguments: [1, 3])
+    func tripleFaultIsShutdown(cpus: Int) throws {
+        var guest = try Firmware.guest("triple-fault", mode: .protected)
+        guest.cpus = cpus
+        let run = try guest.run()
         #expect(run.consoleText == "faulting\n")
         #expect(run.outcome == .shutdown)
+        #expect(run.stoppedBy == cpus - 1)
     }
 
     @Test func userModeExceptionIsReportedWithVectorAndAddress() throws {
