@@ -90,4 +90,7 @@ public final class KVMSystem: @unchecked Sendable {
 public enum KVMCapability {
     /// KVM_CAP_MAX_VCPUS: the most vCPUs one VM may have.
     public static let maxVCPUs = Int32(KVM_CAP_MAX_VCPUS)
+    /// KVM_CAP_TSC_DEADLINE_TIMER: the in-kernel local APIC has the TSC-deadline timer mode, which
+    /// KVM_GET_SUPPORTED_CPUID never reports (it depends on KVM_CREATE_IRQCHIP).
+    public static let tscDeadlineTimer = Int32(KVM_CAP_TSC_DEADLINE_TIMER)
 }

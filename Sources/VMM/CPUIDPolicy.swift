@@ -63,6 +63,10 @@ public struct CPUFeature: Hashable, Sendable {
 /// features the user removed cleared.
 public struct CPUIDPolicy: Equatable, Sendable {
     public private(set) var removed: Set<String> = []
+    /// Whether to offer the TSC-deadline timer (CPUID.1:ECX[24]). KVM_GET_SUPPORTED_CPUID leaves it
+    /// clear because it needs the in-kernel local APIC: a VMM with one, on a KVM with
+    /// KVM_CAP_TSC_DEADLINE_TIMER, sets it. Linux then programs its timer with one MSR write.
+    public var tscDeadlineTimer = false
 
     public init() {}
 
@@ -88,6 +92,7 @@ public struct CPUIDPolicy: Equatable, Sendable {
         let features = CPUFeature.known.filter { removed.contains($0.name) }
         return supported.map { original in
             var entry = original
+            if tscDeadlineTimer, entry.function == 1 { entry.ecx |= 1 << 24 }
             for feature in features where feature.leaf == entry.function && feature.subleaf == entry.index {
                 let mask = ~(UInt32(1) << feature.bit)
                 switch feature.register {

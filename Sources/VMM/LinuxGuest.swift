@@ -239,8 +239,10 @@ public final class LinuxGuest: @unchecked Sendable {
         self.disks = disks
         diskRunners = runners
 
+        var cpuid = configuration.cpuid
+        cpuid.tscDeadlineTimer = system.checkExtension(KVMCapability.tscDeadlineTimer) > 0
         for index in 0..<configuration.cpus {
-            let entries = configuration.cpuid.entries(from: supported, vcpu: UInt32(index), of: UInt32(configuration.cpus))
+            let entries = cpuid.entries(from: supported, vcpu: UInt32(index), of: UInt32(configuration.cpus))
             let vcpu = try machine.addVCPU(cpuid: entries)
             do {
                 try vcpu.setMSRs(Self.bootMSRs)

@@ -61,6 +61,20 @@ struct CPUIDPolicyTests {
         #expect(try entry(entries, 0x8000_0001).edx & 1 << 26 != 0, "pdpe1gb kept")
     }
 
+    /// KVM_GET_SUPPORTED_CPUID never reports the TSC-deadline timer; the VMM adds it when its
+    /// in-kernel local APIC has one, and --cpu-features can still take it away.
+    @Test func theTSCDeadlineTimerIsOfferedOnlyWhenAskedAndNotRemoved() throws {
+        var policy = CPUIDPolicy()
+        #expect(try entry(policy.entries(from: supported, vcpu: 0, of: 1), 1).ecx & 1 << 24 == 0)
+        policy.tscDeadlineTimer = true
+        let entries = policy.entries(from: supported, vcpu: 0, of: 1)
+        #expect(try entry(entries, 1).ecx & 1 << 24 != 0)
+        #expect(try entry(entries, 7) == supported[2], "no other leaf changes")
+        var removed = try CPUIDPolicy(parsing: "-tsc_deadline_timer")
+        removed.tscDeadlineTimer = true
+        #expect(try entry(removed.entries(from: supported, vcpu: 0, of: 1), 1).ecx & 1 << 24 == 0)
+    }
+
     @Test(arguments: ["xsave", "+xsave", "-warpdrive", "-xsave,frob"])
     func badFeatureListsAreClearErrors(text: String) {
         #expect(throws: VMMError.self) { try CPUIDPolicy(parsing: text) }
