@@ -2,7 +2,7 @@
 # Run one swiftkvm command on a hardware-like KVM: inside a QEMU guest in pure software
 # emulation (TCG) with an emulated AMD-V CPU, whose Debian stock kernel loads kvm_amd.
 #
-#   Firmware/linux/nested-kvm.sh [--swiftkvm BIN] [--stdin FILE] [--timeout SECONDS] [--log FILE]
+#   Firmware/linux/nested-kvm.sh [--swiftkvm BIN | --qemu] [--stdin FILE] [--timeout SECONDS] [--log FILE]
 #                                [--smp N] [--memory MB] -- SWIFTKVM-ARGUMENTS...
 #   Firmware/linux/nested-kvm.sh --prepare     (install QEMU, build the cached parts, run nothing)
 #
@@ -20,6 +20,11 @@
 # no /dev/kvm, the outer VM ended without reporting, or --timeout passed), with one line on
 # standard error saying which; 2 for bad arguments. The last line on standard error always says
 # what happened and how long the parts took.
+#
+# --qemu runs the host's QEMU (qemu-system-x86_64, with its x86 firmware files) inside instead of
+# swiftkvm, the arguments after -- being QEMU's (-kernel and -initrd files are copied like
+# swiftkvm's): the peer on the same nested KVM, for benchmarks and for telling a lane fault from
+# a swiftkvm one.
 #
 # The outer initramfs is two concatenated cpio archives: a base (busybox-static, the kvm modules
 # of Debian's stock kernel package, init/nested-init), built once into
@@ -58,6 +63,8 @@ die() { printf 'nested-kvm: error: %s\n' "$*" >&2; exit "$LANE_FAILED"; }
 usage() { printf 'nested-kvm: %s\n' "$*" >&2; sed -n '5,7p' "${BASH_SOURCE[0]}" | sed 's/^# *//' >&2; exit 2; }
 
 SWIFTKVM=$ROOT/.build/debug/swiftkvm
+# What runs inside: swiftkvm, or (--qemu) QEMU.
+VMM=swiftkvm
 STDIN=/dev/null
 TIMEOUT=300
 LOG=
@@ -67,6 +74,7 @@ PREPARE=
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--swiftkvm) SWIFTKVM=${2:?}; shift 2 ;;
+	--qemu) VMM=qemu; shift ;;
 	--stdin) STDIN=${2:?}; shift 2 ;;
 	--timeout) TIMEOUT=${2:?}; shift 2 ;;
 	--log) LOG=${2:?}; shift 2 ;;
@@ -78,6 +86,9 @@ while [ $# -gt 0 ]; do
 	esac
 done
 [ $# -gt 0 ] || [ -n "$PREPARE" ] || usage "no swiftkvm arguments"
+if [ "$VMM" = qemu ]; then
+	SWIFTKVM=$(command -v "$QEMU") || usage "--qemu: $QEMU is not installed (apt-get install qemu-system-x86)"
+fi
 [ -n "$PREPARE" ] || [ -x "$SWIFTKVM" ] || usage "$SWIFTKVM is not an executable (swift build, or --swiftkvm)"
 [ -r "$STDIN" ] || usage "--stdin $STDIN is not readable"
 [[ $TIMEOUT =~ ^[0-9]+$ ]] && [ "$TIMEOUT" -gt 0 ] || usage "--timeout must be a whole number of seconds"
@@ -198,9 +209,25 @@ build_payload() { # build_payload DIR ARGS... : writes DIR/payload.cpio
 	LISTED_DIRS=([/bin]=1 [/lib]=1 [/lib/modules]=1)
 	{
 		list_dirs /nested/x
-		echo "file /nested/swiftkvm $SWIFTKVM 755"
 		echo "file /nested/stdin $STDIN 644"
 	} >"$list"
+	if [ "$VMM" = swiftkvm ]; then
+		echo "file /nested/vmm $SWIFTKVM 755" >>"$list"
+	else
+		# QEMU finds its firmware relative to its own path: it keeps its host path, and with it
+		# its x86 firmware (microvm's qboot, SeaBIOS for pc/q35, the option ROMs of -kernel),
+		# symbolic links resolved.
+		local f
+		list_dirs "$SWIFTKVM" >>"$list"
+		echo "file $SWIFTKVM $(readlink -f "$SWIFTKVM") 755" >>"$list"
+		echo "slink /nested/vmm $SWIFTKVM 777" >>"$list"
+		for f in /usr/share/qemu/{bios-microvm.bin,qboot.rom,linuxboot.bin,linuxboot_dma.bin,kvmvapic.bin,pvh.bin} \
+			/usr/share/seabios/{bios.bin,bios-256k.bin}; do
+			[ -e "$f" ] || continue
+			list_dirs "$f" >>"$list"
+			echo "file $f $(readlink -f "$f") 644" >>"$list"
+		done
+	fi
 
 	# The shared libraries, at the paths ldd found them (the dynamic loader at its PT_INTERP path).
 	local line lib real libdirs=()
@@ -225,7 +252,7 @@ build_payload() { # build_payload DIR ARGS... : writes DIR/payload.cpio
 		shift
 		opt= file= suffix=
 		case "$a" in
-		--kernel | --initrd | --firmware | --disk)
+		--kernel | --initrd | --firmware | --disk | -kernel | -initrd)
 			[ $# -gt 0 ] || usage "$a needs a value"
 			opt=$a file=$1
 			shift
@@ -249,6 +276,7 @@ build_payload() { # build_payload DIR ARGS... : writes DIR/payload.cpio
 	done
 	{
 		echo "# swiftkvm's environment and arguments (written by nested-kvm.sh)"
+		echo "NESTED_VMM=$VMM"
 		echo "export LD_LIBRARY_PATH=$(printf '%s\n' "${libdirs[@]}" | sort -u | paste -sd:)"
 		# When init reports on a swiftkvm that is still running: before the deadline, leaving
 		# time for the outer boot (~5 s) and the report to come out.
@@ -362,7 +390,7 @@ if [ -n "$SIGNALLED" ]; then
 	die "stopped by a signal ($times$keep)"
 elif [ -n "$exit_status" ]; then
 	[[ $exit_status =~ ^[0-9]+$ ]] || die "unreadable status line NESTED-KVM-EXIT=$exit_status ($times)"
-	log "swiftkvm exited with status $exit_status ($times)"
+	log "$VMM exited with status $exit_status ($times)"
 	exit "$exit_status"
 elif [ -n "$error" ]; then
 	die "the outer VM could not run swiftkvm: $error ($times$keep)"
