@@ -165,7 +165,7 @@ enum KVMLane: CustomStringConvertible {
         guard self == .nested else { return first }
         let reason: String
         if first.status == 125, let line = first.lines.first(where: { $0.hasPrefix("nested-kvm: error:") }) {
-            reason = "the nested lane failed (\(line))"
+            reason = "the nested lane failed (\(line)); its output ended:\n\(first.tail)\n"
         } else if let line = first.lines.first(where: { $0.contains("swiftkvm: the guest shut down (triple fault") }) {
             // Not a prefix: the line can follow the guest's last, unfinished one ("smp: Bswiftkvm: …").
             reason = "the inner guest triple-faulted (\(line)); its output ended:\n\(first.tail)\n"
