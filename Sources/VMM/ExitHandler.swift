@@ -60,26 +60,42 @@ public struct ExitHandler {
     /// Exits taken by each entry of `ports` and of `mmio`, by position (cheaper than a dictionary per exit).
     private var portEntryExits: [Int]
     private var mmioEntryExits: [Int]
-    /// The label of the device the last port or MMIO exit went to (nil: unclaimed, or another exit).
-    public private(set) var lastDevice: String?
+    /// Each entry's `Bus.Entry.label`, made once: a label asks the runtime for the device's type
+    /// name, far too slow to do on every exit.
+    private let portLabels: [String]
+    private let mmioLabels: [String]
+    /// Where the last port or MMIO exit went, by position in its bus (nil: unclaimed, or another exit).
+    private enum Target { case port(Int), mmio(Int) }
+    private var lastTarget: Target?
 
     public init(ports: Bus, mmio: Bus) {
         self.ports = ports
         self.mmio = mmio
         portEntryExits = Array(repeating: 0, count: ports.entries.count)
         mmioEntryExits = Array(repeating: 0, count: mmio.entries.count)
+        portLabels = ports.entries.map(\.label)
+        mmioLabels = mmio.entries.map(\.label)
+    }
+
+    /// The label of the device the last port or MMIO exit went to (nil: unclaimed, or another exit).
+    public var lastDevice: String? {
+        switch lastTarget {
+        case .port(let index): portLabels[index]
+        case .mmio(let index): mmioLabels[index]
+        case nil: nil
+        }
     }
 
     /// What the guest made the VMM do so far.
     public var statistics: ExitStatistics {
         var result = counts
-        for (entry, exits) in zip(ports.entries, portEntryExits) where exits > 0 { result.deviceExits["\(entry.label) (ports)", default: 0] += exits }
-        for (entry, exits) in zip(mmio.entries, mmioEntryExits) where exits > 0 { result.deviceExits["\(entry.label) (MMIO)", default: 0] += exits }
+        for (label, exits) in zip(portLabels, portEntryExits) where exits > 0 { result.deviceExits["\(label) (ports)", default: 0] += exits }
+        for (label, exits) in zip(mmioLabels, mmioEntryExits) where exits > 0 { result.deviceExits["\(label) (MMIO)", default: 0] += exits }
         return result
     }
 
     public mutating func handle(_ exit: VCPUExit) -> ExitAction {
-        lastDevice = nil
+        lastTarget = nil
         switch exit {
         case .portIO(let io):
             handlePortIO(io)
@@ -125,7 +141,7 @@ public struct ExitHandler {
         let entry = ports.entries[index]
         let target = (device: entry.device, offset: UInt64(io.port) - entry.start)
         portEntryExits[index] += 1
-        lastDevice = entry.label
+        lastTarget = .port(index)
         for element in 0..<io.count {
             let slice = UnsafeMutableRawBufferPointer(rebasing: io.data[element * length..<(element + 1) * length])
             if io.direction == .read {
@@ -148,7 +164,7 @@ public struct ExitHandler {
         let entry = mmio.entries[index]
         let target = (device: entry.device, offset: access.address - entry.start)
         mmioEntryExits[index] += 1
-        lastDevice = entry.label
+        lastTarget = .mmio(index)
         if access.direction == .read {
             access.data.initializeMemory(as: UInt8.self, repeating: 0)
             target.device.read(offset: target.offset, data: access.data)

@@ -146,9 +146,9 @@ public final class BootMilestones: @unchecked Sendable {
 
     /// Records `milestone` now, unless it was recorded before.
     public func record(_ milestone: Milestone) {
-        let now = Self.now
+        // Called for every console byte (first console byte): only the first call reads the clock.
         times.withLock { times in
-            if times[milestone] == nil { times[milestone] = now }
+            if times[milestone] == nil { times[milestone] = Self.now }
         }
     }
 
