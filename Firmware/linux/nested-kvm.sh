@@ -380,7 +380,7 @@ started=$(field 'NESTED-KVM-START at ')
 ended=$(field 'NESTED-KVM-END at ')
 times=
 [ -z "$started" ] || times="outer boot ${started%% *} s, "
-[ -z "$started" ] || [ -z "$ended" ] || times+="swiftkvm $(since "${ended%% *}" "${started%% *}") s, "
+[ -z "$started" ] || [ -z "$ended" ] || times+="$VMM $(since "${ended%% *}" "${started%% *}") s, "
 times+="total $(since) s"
 keep=
 [ "$LOG" = "$TMP/serial.log" ] || keep="; log: $LOG"
@@ -393,9 +393,9 @@ elif [ -n "$exit_status" ]; then
 	log "$VMM exited with status $exit_status ($times)"
 	exit "$exit_status"
 elif [ -n "$error" ]; then
-	die "the outer VM could not run swiftkvm: $error ($times$keep)"
+	die "the outer VM could not run $VMM: $error ($times$keep)"
 elif grep -qa '^NESTED-KVM-DEADLINE' "$LOG"; then
-	die "the deadline (--timeout $TIMEOUT) passed $([ -n "$started" ] && echo "while swiftkvm ran" || echo "before the outer VM started swiftkvm") ($times$keep)"
+	die "the deadline (--timeout $TIMEOUT) passed $([ -n "$started" ] && echo "while $VMM ran" || echo "before the outer VM started $VMM") ($times$keep)"
 else
-	die "the outer VM ended (QEMU status $QEMU_STATUS) without a swiftkvm status ($times$keep)"
+	die "the outer VM ended (QEMU status $QEMU_STATUS) without a $VMM status ($times$keep)"
 fi
