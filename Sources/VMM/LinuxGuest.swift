@@ -127,10 +127,7 @@ public final class LinuxGuest: @unchecked Sendable {
         } catch {
             throw .kvm(error)
         }
-        let maximumCPUs = Int(system.checkExtension(KVMCapability.maxVCPUs))
-        if maximumCPUs > 0, configuration.cpus > maximumCPUs {
-            throw .configuration("--cpus \(configuration.cpus) is more than the \(maximumCPUs) vCPUs this host's KVM allows")
-        }
+        try system.checkVCPUCount(configuration.cpus)
 
         let memory: GuestMemory
         do { memory = try GuestMemory(layout: LinuxBootLayout.guestMemoryLayout(size: configuration.memorySize)) } catch {

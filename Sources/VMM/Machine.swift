@@ -15,6 +15,16 @@ public enum HostKVM {
     public static func supportedCPUID() throws(KVMError) -> [CPUIDEntry] { try cpuid.get() }
 }
 
+extension KVMSystem {
+    /// Throws a configuration error when a VM of `count` vCPUs is more than KVM allows (KVM_CAP_MAX_VCPUS).
+    func checkVCPUCount(_ count: Int) throws(VMMError) {
+        let maximum = Int(checkExtension(KVMCapability.maxVCPUs))
+        if maximum > 0, count > maximum {
+            throw .configuration("\(count) vCPUs are more than the \(maximum) vCPUs this host's KVM allows")
+        }
+    }
+}
+
 /// What a finished run reports, per vCPU and in total.
 public struct RunReport: Sendable {
     public let outcome: GuestOutcome

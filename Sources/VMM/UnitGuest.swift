@@ -108,10 +108,7 @@ public struct UnitGuest: Sendable {
         } catch {
             throw VMMError.kvm(error)
         }
-        let maximumCPUs = Int(kvm.checkExtension(KVMCapability.maxVCPUs))
-        if maximumCPUs > 0, cpus > maximumCPUs {
-            throw VMMError.configuration("\(cpus) vCPUs is more than the \(maximumCPUs) this host's KVM allows")
-        }
+        try kvm.checkVCPUCount(cpus)
         let memory: GuestMemory
         do { memory = try GuestMemory(size: memorySize) } catch { throw VMMError.memory(error) }
         let layout = UnitGuestLayout(memorySize: memorySize, mode: mode)
