@@ -112,14 +112,19 @@ public final class Machine: @unchecked Sendable {
 
     /// Ends the run with `outcome` (unless it has ended already) and kicks every vCPU out of KVM_RUN.
     /// Safe from any thread, including a vCPU's own.
-    public func requestStop(_ outcome: GuestOutcome) {
-        stopSignal.request(outcome)
+    public func requestStop(_ outcome: GuestOutcome) { stop(outcome) }
+
+    /// `requestStop`, saying whether this call decided the outcome.
+    @discardableResult
+    private func stop(_ outcome: GuestOutcome) -> Bool {
+        let decided = stopSignal.request(outcome)
         let running = threads.withLock { $0 }
         let current = pthread_self()
         // A vCPU thread asking for the stop sees it itself after this exit: kick only the others.
         for (index, thread) in running.enumerated() where index < vcpus.count && pthread_equal(thread, current) == 0 {
             Kick.kick(vcpus[index], on: thread)
         }
+        return decided
     }
 
     /// Runs every vCPU on its own thread until one of them, a device or the host stops the machine,
@@ -236,8 +241,7 @@ public final class Machine: @unchecked Sendable {
             let action = handler.handle(exit)
             trace?.record(ExitTrace.line(vcpu: index, exit: exit, device: handler.lastDevice))
             if case .stop(let outcome) = action {
-                if stopSignal.request(outcome) { decidingVCPU.store(index, ordering: .releasing) }
-                requestStop(outcome)
+                if stop(outcome) { decidingVCPU.store(index, ordering: .releasing) }
                 break
             }
         }

@@ -56,7 +56,8 @@ struct StockKernelTests {
     /// pvpanic device (found as QEMU0001 in the DSDT) tells the VMM, every vCPU is stopped and the
     /// exit status is 1 — not a hang, not a clean reboot. (With four vCPUs the stock kernel in the
     /// nested lane has hung once and triple-faulted once during boot in five runs; the test kernel's
-    /// four-vCPU boot below is reliable there. Which side is at fault is not known yet.)
+    /// four-vCPU boot below has not. Which side is at fault is not known yet; see
+    /// `runSwiftKVMRetryingTheLane` for the one triple fault of a two-vCPU test-kernel boot.)
     @Test(.timeLimit(.minutes(12)))
     func stockKernelPanicIsReportedAndEndsTheRun() throws {
         let lane = KVMLane.current
