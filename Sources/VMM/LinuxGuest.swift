@@ -287,8 +287,11 @@ public final class LinuxGuest: @unchecked Sendable {
         try timer?.start()
         defer { timer?.stop() }
         defer {
-            for runner in diskRunners { runner.stop() }
-            for disk in disks { (disk.device.storage as? FileBlockStorage)?.close() }
+            // A disk whose I/O thread is stuck in a request is left open: closing could hand its
+            // descriptor number to another file while that request still uses it.
+            for (disk, ended) in zip(disks, VirtioDeviceRunner.stop(diskRunners)) where ended {
+                (disk.device.storage as? FileBlockStorage)?.close()
+            }
         }
         for runner in diskRunners { try runner.start() }
         return try machine.run(timeLimit: configuration.timeLimit)

@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import KVM
 import Synchronization
@@ -58,6 +59,13 @@ final class VirtioDeviceRunner: @unchecked Sendable {
     private let stopEvent: EventFD
     private let interruptEvent: EventFD
     private var thread: OSThread?
+    /// Signalled by the I/O thread as its last act.
+    private let finished = DispatchSemaphore(value: 0)
+
+    /// How long `stop` lets the I/O thread finish what the guest submitted before the stop, and
+    /// then how long it waits once more after asking it to stop between two requests.
+    static let drainTime: Duration = .seconds(1)
+    static let haltTime: Duration = .seconds(1)
 
     init(device: any VirtioDevice, name: String, at description: VirtioMMIODeviceDescription, in machine: Machine)
         throws(VMMError)
@@ -103,18 +111,44 @@ final class VirtioDeviceRunner: @unchecked Sendable {
                 }
                 if waiting[waiting.count - 1].revents != 0 { break }
             }
-            // Serve what the guest made available before the stop, so no submitted write is dropped.
+            // Serve what the guest made available before the stop, so no submitted write is dropped
+            // (unless this takes longer than `drainTime`: then `stop` halts the transport).
             for index in notifications.indices { transport.serve(queue: index) }
+            finished.signal()
         }
     }
 
-    /// Stops the I/O thread and waits for the request it is serving to finish.
-    func stop() {
-        guard let thread else { return }
-        stopEvent.signal()
-        thread.join()
-        self.thread = nil
+    /// Stops the I/O threads of `runners` together, waiting for each at most `drainTime` +
+    /// `haltTime`: first for it to serve what the guest had submitted, then, after halting its
+    /// transport (which ends serving between two requests), for the request in progress.
+    /// Returns, per runner, whether its thread ended; one that did not is left running (detached),
+    /// with a line on stderr, and the caller must not close its storage.
+    static func stop(_ runners: [VirtioDeviceRunner]) -> [Bool] {
+        for runner in runners where runner.thread != nil { runner.stopEvent.signal() }
+        let drained = DispatchTime.after(drainTime)
+        var ended = runners.map { runner in runner.thread == nil || runner.finished.wait(timeout: drained) == .success }
+        for (index, runner) in runners.enumerated() where !ended[index] { runner.transport.halt() }
+        let halted = DispatchTime.after(haltTime)
+        for (index, runner) in runners.enumerated() where !ended[index] {
+            ended[index] = runner.finished.wait(timeout: halted) == .success
+        }
+        for (index, runner) in runners.enumerated() {
+            guard let thread = runner.thread else { continue }
+            if ended[index] {
+                thread.join()
+            } else {
+                thread.detach()
+                let seconds = (drainTime + haltTime).components.seconds
+                fputs("swiftkvm: \(runner.name): its I/O thread did not stop within \(seconds) s (a disk request is stuck); leaving it, the disk is not closed\n", stderr)
+            }
+            runner.thread = nil
+        }
+        return ended
     }
+
+    /// Stops this runner's I/O thread (see `stop(_:)`); returns whether it ended.
+    @discardableResult
+    func stop() -> Bool { Self.stop([self])[0] }
 }
 
 /// A virtio interrupt edge: one write to an irqfd, and KVM injects it.

@@ -86,6 +86,8 @@ public struct SplitVirtqueue: Sendable {
     public private(set) var nextAvailable: UInt16 = 0
     /// The idx the device will publish in the used ring next.
     public private(set) var nextUsed: UInt16 = 0
+    /// While this asks for a stop, `nextChain` hands out no more chains (see `VirtqueueStopRequest`).
+    public var stopRequest: VirtqueueStopRequest?
 
     static let descriptorNext: UInt16 = 1
     static let descriptorWrite: UInt16 = 2
@@ -116,9 +118,11 @@ public struct SplitVirtqueue: Sendable {
     private var size: UInt16 { configuration.size }
 
     /// Takes the next chain the driver made available: its head index and buffers (appended to
-    /// `buffers`, which is emptied first). Nil when there is nothing new.
+    /// `buffers`, which is emptied first). Nil when there is nothing new, or when `stopRequest`
+    /// asks the device to stop (the chain stays available; a reset or disable discards it).
     public mutating func nextChain(memory: GuestMemory, buffers: inout [VirtqueueBuffer]) throws(VirtqueueError) -> UInt16? {
         buffers.removeAll(keepingCapacity: true)
+        if let stopRequest, stopRequest.isRequested { return nil }
         let available = try load(UInt16.self, configuration.availableRing + 2, memory)
         guard available != nextAvailable else { return nil }
         guard available &- nextAvailable <= size else {

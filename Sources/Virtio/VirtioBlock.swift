@@ -28,6 +28,8 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     // serves the queue (the transport serialises `serve`).
 
     public enum Feature {
+        /// VIRTIO_BLK_F_SIZE_MAX: `size_max` in the configuration is valid.
+        public static let sizeMaximum: UInt64 = 1 << 1
         /// VIRTIO_BLK_F_SEG_MAX: `seg_max` in the configuration is valid.
         public static let segmentMaximum: UInt64 = 1 << 2
         /// VIRTIO_BLK_F_RO: the disk is read-only.
@@ -55,6 +57,13 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
 
     public static let sectorSize = 512
     public static let queueSize: UInt16 = 256
+    /// `size_max` (§5.2.4): the largest data segment of a request. A guest cannot make one request
+    /// move more than `segmentMaximum` × this (127 MiB), so a stop or reset waits at most for that
+    /// much I/O. 512 KiB is what Firmware/src/virtio-blk.c's benchmark asks in one buffer.
+    public static let sizeMaximum: UInt32 = 512 * 1024
+    /// `seg_max` (§5.2.4): the most data segments in a request; a header and a status take the
+    /// other two descriptors of the queue (no indirect descriptors are offered).
+    public static let segmentMaximum = Int(queueSize) - 2
     /// GET_ID answers with at most this many bytes.
     public static let identifierLength = 20
 
@@ -66,6 +75,8 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
         public var bytesRead = 0
         public var bytesWritten = 0
         public var failed = 0
+        /// Requests refused for a segment above size_max or more segments than seg_max.
+        public var oversized = 0
     }
 
     public let storage: any BlockStorage
@@ -82,19 +93,22 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
         self.storage = storage
         self.identifier = Array(identifier.utf8.prefix(Self.identifierLength))
         features =
-            Virtio.Feature.version1 | Feature.segmentMaximum | Feature.blockSize | Feature.flush
+            Virtio.Feature.version1 | Feature.sizeMaximum | Feature.segmentMaximum | Feature.blockSize | Feature.flush
             | (storage.isReadOnly ? Feature.readOnly : 0)
         // struct virtio_blk_config: capacity (u64, in 512-byte sectors) at 0, size_max at 8,
         // seg_max at 12, geometry at 16, blk_size at 20; the rest stays zero.
         var space = [UInt8](repeating: 0, count: 60)
         Self.put(storage.size / UInt64(Self.sectorSize), at: 0, in: &space)
-        Self.put(UInt32(Self.queueSize - 2), at: 12, in: &space)  // a header and a status take two descriptors
+        Self.put(Self.sizeMaximum, at: 8, in: &space)
+        Self.put(UInt32(Self.segmentMaximum), at: 12, in: &space)
         Self.put(UInt32(Self.sectorSize), at: 20, in: &space)
         configurationSpace = space
     }
 
     public var capacitySectors: UInt64 { storage.size / UInt64(Self.sectorSize) }
 
+    /// Serves the request queue one chain at a time; `nextChain` ends the loop between two
+    /// requests when the transport asks the device to stop (a reset, a queue disable, the VMM).
     public func serve(queue index: Int, _ queue: inout SplitVirtqueue, memory: GuestMemory) throws(VirtqueueError) -> Int {
         guard index == 0 else { return 0 }
         var used = 0
@@ -130,6 +144,12 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     private func execute(_ body: [VirtqueueBuffer], memory: GuestMemory) -> (status: UInt8, written: UInt32) {
         guard let header = readHeader(body, memory: memory) else { return (RequestStatus.ioError, 0) }
         let data = Self.skip(16, in: body)
+        // Beyond the announced size_max and seg_max (§5.2.4): refused before any I/O, so a hostile
+        // chain of huge buffers that all alias the same memory cannot keep the disk thread busy.
+        guard data.count <= Self.segmentMaximum, data.allSatisfy({ $0.length <= Self.sizeMaximum }) else {
+            statistics.oversized += 1
+            return (RequestStatus.ioError, 0)
+        }
         switch header.type {
         case RequestType.read:
             guard data.allSatisfy(\.writable), let range = sectorRange(header.sector, data),

@@ -33,7 +33,10 @@ public protocol InterruptTrigger: AnyObject, Sendable {
 ///
 /// Threads: vCPUs access registers (`read`/`write`, under a small lock); the device's I/O
 /// worker calls `serve(queue:)`, which holds a second lock while it does I/O, so a vCPU reading
-/// InterruptStatus never waits for the disk. A queue notification written through MMIO is handed
+/// InterruptStatus never waits for the disk. A reset (Status = 0) and a queue disable
+/// (QueueReady = 0) are the exceptions: they ask the device to stop between two requests
+/// (`VirtqueueStopRequest`) and take effect only once it has left the queue, so the driver never
+/// sees them done while the device may still write into its buffers (virtio 1.2 §2.4.1). A queue notification written through MMIO is handed
 /// to `onNotify` (the VMM wakes the worker; with KVM_IOEVENTFD it never comes here at all); with
 /// no `onNotify` the queue is served at once on the calling thread, which is how tests drive it.
 ///
@@ -108,7 +111,11 @@ public final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
     public var lastError: VirtqueueError? { registers.withLock { $0.brokenBy } }
 
     private let registers: Mutex<Registers>
+    /// Held by the worker while it serves a queue; a reset or disable takes it to wait for the
+    /// worker. Lock order: `serving`, then `registers` (never the other way round).
     private let serving = Mutex(Serving())
+    /// One per queue, handed to each `SplitVirtqueue` the worker serves.
+    private let stopRequests: [VirtqueueStopRequest]
     private let interruptStatus = Atomic<UInt32>(0)
 
     public init(device: any VirtioDevice, memory: GuestMemory, interrupt: any InterruptTrigger) {
@@ -116,6 +123,7 @@ public final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
         self.memory = memory
         self.interrupt = interrupt
         registers = Mutex(Registers(queues: Array(repeating: VirtqueueConfiguration(), count: device.maximumQueueSizes.count)))
+        stopRequests = device.maximumQueueSizes.map { _ in VirtqueueStopRequest() }
     }
 
     // MARK: - Registers (vCPU threads)
@@ -166,6 +174,14 @@ public final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
             interruptStatus.bitwiseAnd(~value, ordering: .acquiringAndReleasing)
             return
         }
+        if offset == Register.status, value == 0 {
+            reset()
+            return
+        }
+        if offset == Register.queueReady, value & 1 == 0 {
+            disableSelectedQueue()
+            return
+        }
         let broken: Bool = registers.withLock { state in
             switch offset {
             case Register.deviceFeaturesSelect: state.deviceFeaturesSelect = value
@@ -188,13 +204,6 @@ public final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
     /// Status writes: 0 resets; FEATURES_OK stays set only if the driver accepted a subset of the
     /// offered features that includes VERSION_1. Returns true if the device became broken.
     private func writeStatus(_ value: UInt32, _ state: inout Registers) -> Bool {
-        if value == 0 {
-            let generation = state.generation &+ 1
-            state = Registers(queues: Array(repeating: VirtqueueConfiguration(), count: state.queues.count))
-            state.generation = generation
-            interruptStatus.store(0, ordering: .releasing)
-            return false
-        }
         var status = value | (state.status & Virtio.Status.deviceNeedsReset)
         if status & Virtio.Status.featuresOK != 0, state.status & Virtio.Status.featuresOK == 0 {
             let accepted = state.driverFeatures
@@ -214,10 +223,8 @@ public final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
         var queue = state.queues[index]
         func low(_ old: UInt64) -> UInt64 { old & 0xFFFF_FFFF_0000_0000 | UInt64(value) }
         func high(_ old: UInt64) -> UInt64 { old & 0xFFFF_FFFF | UInt64(value) << 32 }
-        if offset == Register.queueReady {
-            if value & 1 == 0 {
-                queue.ready = false
-            } else if !queue.ready {
+        if offset == Register.queueReady {  // QueueReady = 0 goes through disableSelectedQueue()
+            if !queue.ready {
                 do {
                     _ = try SplitVirtqueue(queue, maximumSize: device.maximumQueueSizes[index], memory: memory)
                     queue.ready = true
@@ -245,6 +252,42 @@ public final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
         return false
     }
 
+    /// Status = 0 (§4.2.2.1): stops the worker between two requests, waits until it has left every
+    /// queue, and only then resets, so a driver that reads Status back as 0 may reuse its buffers.
+    private func reset() {
+        for stop in stopRequests { stop.begin() }
+        defer { for stop in stopRequests { stop.end() } }
+        serving.withLock { serving in
+            registers.withLock { state in
+                let generation = state.generation &+ 1
+                state = Registers(queues: Array(repeating: VirtqueueConfiguration(), count: state.queues.count))
+                state.generation = generation
+                interruptStatus.store(0, ordering: .releasing)
+            }
+            serving = Serving()
+        }
+    }
+
+    /// QueueReady = 0 for the selected queue: like a reset, but for that queue alone.
+    private func disableSelectedQueue() {
+        let selected: Int? = registers.withLock { state in
+            state.queueSelect < state.queues.count ? Int(state.queueSelect) : nil
+        }
+        guard let index = selected else { return }
+        stopRequests[index].begin()
+        defer { stopRequests[index].end() }
+        serving.withLock { serving in
+            registers.withLock { state in state.queues[index].ready = false }
+            if index < serving.queues.count { serving.queues[index] = nil }
+        }
+    }
+
+    /// Stops serving for good, between two requests: what the VMM does when it shuts the device
+    /// down and cannot wait for a whole batch.
+    public func halt() {
+        for stop in stopRequests { stop.halt() }
+    }
+
     private func markBroken(_ error: VirtqueueError, _ state: inout Registers) {
         if state.brokenBy == nil { state.brokenBy = error }
         state.status |= Virtio.Status.deviceNeedsReset
@@ -260,15 +303,18 @@ public final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
     /// Serves queue `index` if the driver has set it up and the device is live, then raises a
     /// used-buffer interrupt if anything was returned (unless the driver asked for none).
     public func serve(queue index: Int) {
-        let (configuration, generation, live): (VirtqueueConfiguration?, UInt64, Bool) = registers.withLock { state in
-            let live =
-                state.status & Virtio.Status.driverOK != 0 && state.status & Virtio.Status.deviceNeedsReset == 0
-                && state.status & Virtio.Status.failed == 0
-            return (index >= 0 && index < state.queues.count ? state.queues[index] : nil, state.generation, live)
-        }
-        guard live, let configuration, configuration.ready else { return }
-
-        let outcome: Result<(used: Int, quiet: Bool), VirtqueueError> = serving.withLock { serving in
+        guard index >= 0, index < stopRequests.count else { return }
+        typealias Outcome = (generation: UInt64, result: Result<(used: Int, quiet: Bool), VirtqueueError>)
+        // The registers are read under `serving`: a reset or disable changes them only while it
+        // holds `serving`, so what is read here stays true until this serve is over.
+        let outcome: Outcome? = serving.withLock { serving in
+            let (configuration, generation, live): (VirtqueueConfiguration, UInt64, Bool) = registers.withLock { state in
+                let live =
+                    state.status & Virtio.Status.driverOK != 0 && state.status & Virtio.Status.deviceNeedsReset == 0
+                    && state.status & Virtio.Status.failed == 0
+                return (state.queues[index], state.generation, live)
+            }
+            guard live, configuration.ready, !stopRequests[index].isRequested else { return nil }
             if serving.generation != generation {
                 serving = Serving(generation: generation, queues: Array(repeating: nil, count: device.maximumQueueSizes.count))
             }
@@ -278,29 +324,34 @@ public final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
                     queue = existing
                 } else {
                     queue = try SplitVirtqueue(configuration, maximumSize: device.maximumQueueSizes[index], memory: memory)
+                    queue.stopRequest = stopRequests[index]
                 }
                 defer { serving.queues[index] = queue }
                 let used = try device.serve(queue: index, &queue, memory: memory)
-                return .success((used, queue.driverSuppressesInterrupts(memory: memory)))
+                return (generation, .success((used, queue.driverSuppressesInterrupts(memory: memory))))
             } catch {
-                return .failure(error)
+                return (generation, .failure(error))
             }
         }
-        switch outcome {
+        guard let (generation, result) = outcome else { return }
+        switch result {
         case .success(let result):
             // A driver that reset the device meanwhile is not interrupted for the old queue.
-            guard result.used > 0, registers.withLock({ $0.generation == generation }) else { return }
-            interruptStatus.bitwiseOr(Virtio.Interrupt.usedBuffer, ordering: .acquiringAndReleasing)
-            if !result.quiet { interrupt.trigger() }
+            guard result.used > 0 else { return }
+            let stillCurrent = registers.withLock { state in
+                guard state.generation == generation else { return false }
+                interruptStatus.bitwiseOr(Virtio.Interrupt.usedBuffer, ordering: .acquiringAndReleasing)
+                return true
+            }
+            if stillCurrent, !result.quiet { interrupt.trigger() }
         case .failure(let error):
             let stillCurrent = registers.withLock { state in
                 guard state.generation == generation else { return false }
                 markBroken(error, &state)
+                interruptStatus.bitwiseOr(Virtio.Interrupt.configurationChange, ordering: .acquiringAndReleasing)
                 return true
             }
-            guard stillCurrent else { return }
-            interruptStatus.bitwiseOr(Virtio.Interrupt.configurationChange, ordering: .acquiringAndReleasing)
-            interrupt.trigger()
+            if stillCurrent { interrupt.trigger() }
         }
     }
 
