@@ -248,6 +248,7 @@ struct Run: ParsableCommand {
     /// there are several, and exits with its status.
     func finish(_ outcome: GuestOutcome, signal: Int32?, stoppedBy vcpu: Int?) throws -> Never {
         ConsoleOutput.flush()
+        if let dropped = ClosingAwareOutput.standardOutput.droppedReport { printError(dropped) }
         let (status, reason) = Self.exitStatus(for: outcome, signal: signal)
         if let reason { printError(vcpu.map { "\(reason), on vcpu\($0)" } ?? reason) }
         throw ExitCode(status)
@@ -283,10 +284,7 @@ struct RuntimeFailure: Error, CustomStringConvertible {
 
 /// Guest console bytes to standard output, unbuffered enough that a prompt shows at once.
 enum ConsoleOutput {
-    static func write(_ byte: UInt8) {
-        var value = byte
-        while Glibc.write(STDOUT_FILENO, &value, 1) < 0 && errno == EINTR {}
-    }
+    static func write(_ byte: UInt8) { ClosingAwareOutput.standardOutput.write(byte) }
 
     static func flush() { fflush(stdout) }
 }
@@ -330,6 +328,7 @@ func printError(_ line: String) {
 }
 
 // Parse and run by hand so every failure is one line and a chosen exit status, never a trap.
+ClosingAwareOutput.ignoreSIGPIPE()
 do {
     var command = try SwiftKVM.parseAsRoot()
     try command.run()

@@ -59,7 +59,7 @@ struct VirtioBlockGuestTests {
         let result = try run("vblk.read=600", disks: [DiskConfiguration(path: disk)])
         #expect(result.outcome == .rebooted)
         #expect(result.output.contains("VBLK device 0xd0000000 irq 0x5\n"), "\(result.output)")
-        #expect(result.output.contains("VBLK capacity 0x400 features 0x244\n"), "SEG_MAX, BLK_SIZE, FLUSH offered: \(result.output)")
+        #expect(result.output.contains("VBLK capacity 0x400 features 0x246\n"), "SIZE_MAX, SEG_MAX, BLK_SIZE, FLUSH offered: \(result.output)")
         #expect(result.output.contains("VBLK id swiftkvm-vda\n"))
         let expected = Self.checksum(bytes[0..<600 * 512])
         #expect(result.output.contains("VBLK read sectors 0x258 checksum 0x\(String(expected, radix: 16))\n"), "\(result.output)")
@@ -88,7 +88,7 @@ struct VirtioBlockGuestTests {
         defer { unlink(disk) }
         let result = try run("vblk.write=4", disks: [DiskConfiguration(path: disk, readOnly: true)])
         #expect(result.outcome == .rebooted)
-        #expect(result.output.contains("VBLK capacity 0x80 features 0x264\n"), "RO offered: \(result.output)")
+        #expect(result.output.contains("VBLK capacity 0x80 features 0x266\n"), "RO offered: \(result.output)")
         #expect(result.output.contains("VBLK write sector 0x4 status 0x1\n"), "IOERR: \(result.output)")
         #expect(result.output.contains("VBLK read sectors 0x80 checksum 0x\(String(Self.checksum(bytes[...]), radix: 16))\n"))
         #expect(try readHostFile(disk) == bytes)
@@ -111,7 +111,7 @@ struct VirtioBlockGuestTests {
         _ = try session.waitForEnd(timeout: .seconds(180))
         #expect(session.guest.commandLine.hasSuffix("virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"))
         #expect(session.output.contains("VBLK device 0xd0001000 irq 0x6\n"), "\(session.output)")
-        #expect(session.output.contains("VBLK capacity 0x10 features 0x244\n"))
+        #expect(session.output.contains("VBLK capacity 0x10 features 0x246\n"))
         #expect(session.output.contains("VBLK id swiftkvm-vdb\n"))
     }
 
