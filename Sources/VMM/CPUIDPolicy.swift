@@ -87,8 +87,10 @@ public struct CPUIDPolicy: Equatable, Sendable {
         }
     }
 
-    /// The CPUID table for vCPU `index` of `count`.
+    /// The CPUID table for vCPU `index` of `count`. A machine has at least one vCPU: a `count` of
+    /// 0 is taken as 1.
     public func entries(from supported: [CPUIDEntry], vcpu index: UInt32, of count: UInt32) -> [CPUIDEntry] {
+        let count = max(count, 1)
         let features = CPUFeature.known.filter { removed.contains($0.name) }
         return supported.map { original in
             var entry = original

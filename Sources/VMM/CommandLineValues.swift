@@ -36,7 +36,9 @@ public enum CommandLineValues {
     public static func describe(size: Int) -> String {
         for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] where size >= 1 << shift {
             if size % (1 << shift) == 0 { return "\(size >> shift) \(unit)" }
-            let tenths = (size * 10 + (1 << (shift - 1))) >> shift
+            // Rounded to tenths without computing size × 10, which overflows above Int.max / 10.
+            let rest = size & ((1 << shift) - 1)
+            let tenths = (size >> shift) * 10 + (rest * 10 + (1 << (shift - 1))) >> shift
             return "\(tenths / 10).\(tenths % 10) \(unit)"
         }
         return "\(size) bytes"

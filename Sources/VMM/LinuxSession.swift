@@ -31,14 +31,23 @@ public final class LinuxSession: @unchecked Sendable {
     }
 
     public let guest: LinuxGuest
-    private let state = Mutex<(output: [UInt8], searchFrom: Int, report: RunReport?, error: VMMError?)>(([], 0, nil, nil))
+    /// The console keeps its last `outputLimit` bytes (see `droppedOutputBytes`).
+    public static let defaultOutputLimit = 8 << 20
+    private let state: Mutex<(console: BoundedTail<UInt8>, searchFrom: Int, report: RunReport?, error: VMMError?)>
     private let ended = DispatchSemaphore(value: 0)
 
-    /// Builds the guest and starts it on a thread of its own.
-    public init(_ configuration: LinuxGuestConfiguration) throws(VMMError) {
+    /// Builds the guest and starts it on a thread of its own. The console output is kept up to its
+    /// last `outputLimit` bytes, so a guest printing without end cannot exhaust host memory.
+    public init(_ configuration: LinuxGuestConfiguration, outputLimit: Int = LinuxSession.defaultOutputLimit) throws(VMMError) {
+        state = Mutex((BoundedTail(limit: outputLimit), 0, nil, nil))
         var sink: ((UInt8) -> Void)?
         guest = try LinuxGuest(configuration) { byte in sink?(byte) }
-        sink = { [unowned self] byte in self.state.withLock { $0.output.append(byte) } }
+        sink = { [unowned self] byte in
+            self.state.withLock { current in
+                let dropped = current.console.append(byte)
+                current.searchFrom = max(0, current.searchFrom - dropped)
+            }
+        }
         try OSThread.detached(name: "linux-session") { [self] in
             let result = Result { () throws(VMMError) -> RunReport in try guest.run() }
             state.withLock { current in
@@ -51,8 +60,11 @@ public final class LinuxSession: @unchecked Sendable {
         }
     }
 
-    /// Everything the guest printed so far.
-    public var output: String { String(decoding: state.withLock { $0.output }, as: UTF8.self) }
+    /// Everything the guest printed so far (its last `outputLimit` bytes).
+    public var output: String { String(decoding: state.withLock { $0.console.elements }, as: UTF8.self) }
+
+    /// Console bytes dropped from the front of `output` to keep it bounded.
+    public var droppedOutputBytes: Int { state.withLock { $0.console.dropped } }
 
     /// Waits until `text` appears in the output after the previous match, and returns the output
     /// from the previous match up to and including it. Throws if the deadline passes or the guest
@@ -64,8 +76,8 @@ public final class LinuxSession: @unchecked Sendable {
         let deadline = clock.now + timeout
         while true {
             let (found, ending) = state.withLock { current -> (String?, GuestOutcome?) in
-                if let range = Self.find(needle, in: current.output, from: current.searchFrom) {
-                    let piece = String(decoding: current.output[current.searchFrom..<range.upperBound], as: UTF8.self)
+                if let range = Self.find(needle, in: current.console.elements, from: current.searchFrom) {
+                    let piece = String(decoding: current.console.elements[current.searchFrom..<range.upperBound], as: UTF8.self)
                     current.searchFrom = range.upperBound
                     return (piece, nil)
                 }

@@ -23,23 +23,34 @@ public final class ExitTrace: @unchecked Sendable {
     }
 
     private let sink: Sink
-    private let state = Mutex<(buffer: [UInt8], lines: [String])>(([], []))
+    private let state: Mutex<(buffer: [UInt8], lines: BoundedTail<String>)>
     private static let flushThreshold = 64 << 10
 
     /// Writes to `descriptor` (e.g. STDERR_FILENO); the caller keeps it open.
-    public init(descriptor: Int32) { sink = .descriptor(descriptor, owned: false) }
+    public init(descriptor: Int32) {
+        sink = .descriptor(descriptor, owned: false)
+        state = Mutex(([], BoundedTail(limit: 1)))
+    }
 
     /// Creates (or truncates) `path` and writes there.
     public init(path: String) throws(VMMError) {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .file(path: path, problem: String(cString: strerror(errno))) }
         sink = .descriptor(fd, owned: true)
+        state = Mutex(([], BoundedTail(limit: 1)))
     }
 
-    private init(memory: Void) { sink = .memory }
+    private init(memoryLimit: Int) {
+        sink = .memory
+        state = Mutex(([], BoundedTail(limit: memoryLimit)))
+    }
 
-    /// Keeps the lines in memory (`lines`), for tests.
-    public static func inMemory() -> ExitTrace { ExitTrace(memory: ()) }
+    /// The most lines an in-memory trace keeps by default.
+    public static let defaultLineLimit = 100_000
+
+    /// Keeps the lines in memory (`lines`), for tests: the last `lineLimit` of them, so a guest
+    /// that runs long cannot exhaust host memory (`droppedLines` counts the rest).
+    public static func inMemory(lineLimit: Int = ExitTrace.defaultLineLimit) -> ExitTrace { ExitTrace(memoryLimit: lineLimit) }
 
     deinit {
         flush()
@@ -47,7 +58,10 @@ public final class ExitTrace: @unchecked Sendable {
     }
 
     /// The lines recorded so far (in-memory traces only).
-    public var lines: [String] { state.withLock { $0.lines } }
+    public var lines: [String] { state.withLock { $0.lines.elements } }
+
+    /// Lines an in-memory trace dropped from the front to stay within its limit.
+    public var droppedLines: Int { state.withLock { $0.lines.dropped } }
 
     func record(_ line: String) {
         let pending: [UInt8]? = state.withLock { state in
