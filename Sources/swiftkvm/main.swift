@@ -96,10 +96,14 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Write the --trace lines to this file instead (implies --trace).", valueName: "file"))
     var traceFile: String?
 
+    @Option(name: .long, help: ArgumentHelp("The seccomp filter: on (the default) allows the VMM only the system calls it needs once the guest runs; off is for debugging.", valueName: "on|off"))
+    var seccomp: String = "on"
+
     @Flag(name: .long, help: "At the end, print exits by reason and by device, time in KVM_RUN and in the VMM per vCPU, and boot milestones, on standard error.")
     var stats = false
 
     func run() throws {
+        guard seccomp == "on" || seccomp == "off" else { throw UsageError("--seccomp must be on or off, not '\(seccomp)'") }
         switch (kernel, firmware) {
         case (nil, nil): throw UsageError("nothing to run: give --kernel BZIMAGE (Linux) or --firmware FILE (a flat binary)")
         case (.some, .some): throw UsageError("give either --kernel or --firmware, not both")
@@ -173,6 +177,7 @@ struct Run: ParsableCommand {
             throw RuntimeFailure("\(error)")
         }
         let report: RunReport
+        if seccomp == "on" { SeccompSetup.install() }
         do {
             report = try guest.run()
         } catch {
@@ -224,7 +229,8 @@ struct Run: ParsableCommand {
         do {
             result = try guest.run(
                 console: { byte in ConsoleOutput.write(byte) },
-                started: { started in
+                started: { [seccomp] started in
+                    if seccomp == "on" { SeccompSetup.install() }
                     machine.withLock { $0 = started }
                     stopper.watch(started)
                 })
@@ -329,6 +335,7 @@ func printError(_ line: String) {
 
 // Parse and run by hand so every failure is one line and a chosen exit status, never a trap.
 ClosingAwareOutput.ignoreSIGPIPE()
+SeccompSetup.runSelfTestIfAsked()
 do {
     var command = try SwiftKVM.parseAsRoot()
     try command.run()
