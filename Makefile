@@ -9,6 +9,7 @@
 #   make bench-linux  boot the test kernel under swiftkvm (both PITs) and QEMU microvm, taking turns
 #   make bench-disk   virtio-blk read throughput under swiftkvm and QEMU microvm, side by side
 #   make firmware-demo  run a firmware guest in each CPU mode
+#   make fuzz       build the libFuzzer harnesses in Fuzz/ and run each for FUZZ_SECONDS (default 20)
 #   make docs       DocC API documentation for each library module into .build/docs/
 #   make clean
 
@@ -21,7 +22,7 @@ export SWIFTKVM_CACHE ?= /var/cache/swiftkvm
 # Debian packages the build and the tests use. Installed only when missing.
 DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs acpica-tools libseccomp-dev
 
-.PHONY: all build release firmware baseline guest test-guest nested-lane test bench bench-linux bench-disk docs qemu demo firmware-demo deps clean
+.PHONY: all build release firmware baseline guest test-guest nested-lane test fuzz fuzz-build bench bench-linux bench-disk docs qemu demo firmware-demo deps clean
 
 all: build firmware
 
@@ -65,6 +66,32 @@ nested-lane: test-guest
 test: deps firmware test-guest nested-lane docs
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
+
+# libFuzzer harnesses (Fuzz/Package.swift, a package of their own: libFuzzer supplies main), one
+# per parser or device that takes untrusted bytes; each is found by its seed corpus folder
+# Fuzz/corpus/NAME. Each runs FUZZ_SECONDS from its seeds (new inputs go to Fuzz/.build/corpus,
+# never into the repository) and any crash, leak or sanitizer report fails the target; the
+# input that found it is saved as Fuzz/.build/crash-*. `make test` runs each for TEST_FUZZ_SECONDS.
+FUZZ_SECONDS ?= 20
+TEST_FUZZ_SECONDS ?= 10
+FUZZ_HARNESSES := $(notdir $(wildcard Fuzz/corpus/*))
+FUZZ_FLAGS := -c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
+
+fuzz-build: deps
+	$(SWIFT) build --package-path Fuzz $(FUZZ_FLAGS) 2>&1 | grep -v "Cannot export local symbol '__asan"; exit $${PIPESTATUS[0]}
+
+fuzz: fuzz-build
+	@bin=$$($(SWIFT) build --package-path Fuzz $(FUZZ_FLAGS) --show-bin-path); \
+	for harness in $(FUZZ_HARNESSES); do \
+		mkdir -p Fuzz/.build/corpus/$$harness; \
+		echo "fuzz: $$harness for $(FUZZ_SECONDS) s"; \
+		"$$bin/$$harness" -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+			-artifact_prefix=Fuzz/.build/crash-$$harness- Fuzz/.build/corpus/$$harness Fuzz/corpus/$$harness \
+			> Fuzz/.build/$$harness.log 2>&1 \
+			|| { tail -n 40 Fuzz/.build/$$harness.log; echo "fuzz: $$harness FAILED (input saved as Fuzz/.build/crash-$$harness-*)"; exit 1; }; \
+		grep -E "^stat::number_of_executed_units|^Done" Fuzz/.build/$$harness.log | tr '\n' ' '; echo; \
+	done
 
 # The C baseline comparison, then the boot probe under swiftkvm and QEMU microvm (BENCH_FLAGS:
 # e.g. --quick, --probe-only, --no-probe; see .build/release/swiftkvm-bench --help), then the

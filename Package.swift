@@ -9,6 +9,11 @@ let package = Package(
     name: "SwiftKVM",
     products: [
         .library(name: "VMM", targets: ["VMM"]),
+        // For the libFuzzer harnesses in Fuzz/ (a package of their own, since libFuzzer has the main).
+        .library(name: "VMMCore", targets: ["VMMCore"]),
+        .library(name: "Devices", targets: ["Devices"]),
+        .library(name: "LinuxBoot", targets: ["LinuxBoot"]),
+        .library(name: "Virtio", targets: ["Virtio"]),
         .executable(name: "swiftkvm", targets: ["swiftkvm"]),
         .executable(name: "swiftkvm-bench", targets: ["swiftkvm-bench"]),
     ],
