@@ -284,6 +284,7 @@ public final class LinuxGuest: @unchecked Sendable {
     /// and closed: whatever the guest wrote is on the host.
     public func run() throws(VMMError) -> RunReport {
         let timer = emulatedPIT.map { PITTimerThread(pit: $0, clock: clock) }
+        if let timer { machine.addWorker(timer) }
         try timer?.start()
         defer { timer?.stop() }
         defer {
@@ -355,11 +356,13 @@ final class MonotonicClock: GuestClock, @unchecked Sendable {
 }
 
 /// Drives an emulated PIT: sleeps until its next deadline (or 10 ms at most), then advances it.
-final class PITTimerThread: @unchecked Sendable {
+final class PITTimerThread: PausableWorker, @unchecked Sendable {
     let pit: PIT8254
     let clock: MonotonicClock
     private let running = Atomic<Bool>(true)
+    private let started = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
+    private let gate = PauseGate()
 
     init(pit: PIT8254, clock: MonotonicClock) {
         self.pit = pit
@@ -367,8 +370,12 @@ final class PITTimerThread: @unchecked Sendable {
     }
 
     func start() throws(VMMError) {
+        started.store(true, ordering: .releasing)
         try OSThread.detached(name: "pit") { [self] in
+            defer { gate.workerEnded() }
             while running.load(ordering: .relaxed) {
+                // Paused: no ticks. The guest's clock sources stand still with its vCPUs.
+                gate.parkIfRequested()
                 let now = clock.nanoseconds
                 let next = pit.nextDeadline ?? now + 10_000_000
                 let wait = min(next > now ? next - now : 0, 10_000_000)
@@ -384,6 +391,15 @@ final class PITTimerThread: @unchecked Sendable {
 
     func stop() {
         running.store(false, ordering: .relaxed)
+        gate.resume()
         finished.wait()
     }
+
+    /// Returns within one timer period (10 ms at most), once the thread is parked.
+    func pause() {
+        guard started.load(ordering: .acquiring) else { return }
+        gate.pause {}
+    }
+
+    func resume() { gate.resume() }
 }
