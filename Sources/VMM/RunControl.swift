@@ -155,7 +155,7 @@ final class RunControl: @unchecked Sendable {
         }
         kick()
         try locked { () throws(RunControlError) in
-            let deadline = Self.deadline(after: timeout)
+            let deadline = RunControlClock.deadline(after: timeout)
             var remaining = deadline
             while parked < live, !stopping {
                 if pthread_cond_timedwait(&condition, &mutex, &remaining) == ETIMEDOUT {
@@ -181,24 +181,13 @@ final class RunControl: @unchecked Sendable {
             pauseRequested.store(false, ordering: .sequentiallyConsistent)
             state = .running
             pthread_cond_broadcast(&condition)
-            let deadline = Self.deadline(after: timeout)
+            let deadline = RunControlClock.deadline(after: timeout)
             var remaining = deadline
             while parked > 0, !stopping {
                 if pthread_cond_timedwait(&condition, &mutex, &remaining) == ETIMEDOUT { break }
                 remaining = deadline
             }
         }
-    }
-
-    private static func deadline(after duration: Duration) -> timespec {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        let (seconds, attoseconds) = duration.components
-        var total = Int64(now.tv_nsec) + attoseconds / 1_000_000_000
-        var wholeSeconds = Int64(now.tv_sec) + min(seconds, 1 << 32)
-        wholeSeconds += total / 1_000_000_000
-        total %= 1_000_000_000
-        return timespec(tv_sec: Int(wholeSeconds), tv_nsec: Int(total))
     }
 }
 
