@@ -117,7 +117,8 @@ public struct HTTPRequestParser: Sendable {
             request.headers.append(try parseField(buffer[line]))
         }
         start = end
-        return Head(request: request, bodyLength: try framing(of: &request))
+        let bodyLength = try framing(of: &request)
+        return Head(request: request, bodyLength: bodyLength)
     }
 
     /// `method SP request-target SP HTTP-version` (RFC 9112 §3).

@@ -69,8 +69,8 @@ struct MachineConfigBody: Codable, Equatable {
     init(from decoder: any Decoder) throws {
         try BodyKeys.check(decoder, allowed: CodingKeys.allCases.map(\.rawValue))
         let container = try decoder.container(keyedBy: CodingKeys.self)
-        vcpuCount = try container.decode(Int.self, forKey: .vcpuCount)
-        memSizeMib = try container.decode(Int.self, forKey: .memSizeMib)
+        vcpuCount = try BodyKeys.integer(container, .vcpuCount)
+        memSizeMib = try BodyKeys.integer(container, .memSizeMib)
         smt = try container.decodeIfPresent(Bool.self, forKey: .smt) ?? false
         trackDirtyPages = try container.decodeIfPresent(Bool.self, forKey: .trackDirtyPages) ?? false
         cpuTemplate = try container.decodeIfPresent(String.self, forKey: .cpuTemplate)
@@ -189,6 +189,19 @@ enum BodyKeys {
                 message: "field '\(key.stringValue)' is '\(text)': it must be one of \(Choice.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", "))")
         }
         return value
+    }
+
+    /// An integer field. Foundation's decoder throws an internal error for a number that is not a
+    /// 64-bit integer (`2.5`, `1e30`), which reaches the caller as "not valid JSON" with no field;
+    /// this names the field.
+    static func integer<Keys: CodingKey>(_ container: KeyedDecodingContainer<Keys>, _ key: Keys) throws -> Int {
+        do {
+            return try container.decode(Int.self, forKey: key)
+        } catch let error as DecodingError {
+            throw error
+        } catch {
+            throw BodyError(message: "field '\(key.stringValue)' must be an integer (a whole number that fits in 64 bits)")
+        }
     }
 
     /// Decodes a request body, turning every failure into a sentence that names the field.
