@@ -71,10 +71,10 @@ struct MachineConfigBody: Codable, Equatable {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         vcpuCount = try BodyKeys.integer(container, .vcpuCount)
         memSizeMib = try BodyKeys.integer(container, .memSizeMib)
-        smt = try container.decodeIfPresent(Bool.self, forKey: .smt) ?? false
-        trackDirtyPages = try container.decodeIfPresent(Bool.self, forKey: .trackDirtyPages) ?? false
-        cpuTemplate = try container.decodeIfPresent(String.self, forKey: .cpuTemplate)
-        hugePages = try container.decodeIfPresent(String.self, forKey: .hugePages) ?? "None"
+        smt = try BodyKeys.optional(container, .smt, Bool.self) ?? false
+        trackDirtyPages = try BodyKeys.optional(container, .trackDirtyPages, Bool.self) ?? false
+        cpuTemplate = try BodyKeys.optional(container, .cpuTemplate, String.self)
+        hugePages = try BodyKeys.optional(container, .hugePages, String.self) ?? "None"
     }
 
     func encode(to encoder: any Encoder) throws {
@@ -103,8 +103,8 @@ struct BootSourceBody: Decodable {
         try BodyKeys.check(decoder, allowed: CodingKeys.allCases.map(\.rawValue))
         let container = try decoder.container(keyedBy: CodingKeys.self)
         kernelImagePath = try container.decode(String.self, forKey: .kernelImagePath)
-        bootArgs = try container.decodeIfPresent(String.self, forKey: .bootArgs)
-        initrdPath = try container.decodeIfPresent(String.self, forKey: .initrdPath)
+        bootArgs = try BodyKeys.optional(container, .bootArgs, String.self)
+        initrdPath = try BodyKeys.optional(container, .initrdPath, String.self)
     }
 }
 
@@ -130,7 +130,7 @@ struct DriveBody: Decodable {
         driveID = try container.decode(String.self, forKey: .driveID)
         pathOnHost = try container.decode(String.self, forKey: .pathOnHost)
         isRootDevice = try container.decode(Bool.self, forKey: .isRootDevice)
-        isReadOnly = try container.decodeIfPresent(Bool.self, forKey: .isReadOnly) ?? false
+        isReadOnly = try BodyKeys.optional(container, .isReadOnly, Bool.self) ?? false
     }
 }
 
@@ -151,7 +151,7 @@ struct NetworkInterfaceBody: Decodable {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         ifaceID = try container.decode(String.self, forKey: .ifaceID)
         hostDevName = try container.decode(String.self, forKey: .hostDevName)
-        guestMAC = try container.decodeIfPresent(String.self, forKey: .guestMAC)
+        guestMAC = try BodyKeys.optional(container, .guestMAC, String.self)
     }
 }
 
@@ -189,6 +189,16 @@ enum BodyKeys {
                 message: "field '\(key.stringValue)' is '\(text)': it must be one of \(Choice.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", "))")
         }
         return value
+    }
+
+    /// An optional field: absent is nil, but an explicit `null` is refused (the document gives
+    /// each field a type, and null is none of them).
+    static func optional<Keys: CodingKey, Value: Decodable>(_ container: KeyedDecodingContainer<Keys>, _ key: Keys, _ type: Value.Type) throws -> Value? {
+        guard container.contains(key) else { return nil }
+        if try container.decodeNil(forKey: key) {
+            throw BodyError(message: "field '\(key.stringValue)' must be \(describe(type)), not null")
+        }
+        return try container.decode(type, forKey: key)
     }
 
     /// An integer field. Foundation's decoder throws an internal error for a number that is not a
