@@ -9,6 +9,7 @@
 #   make bench-linux  boot the test kernel under swiftkvm (both PITs) and QEMU microvm, taking turns
 #   make bench-disk   virtio-blk read throughput under swiftkvm and QEMU microvm, side by side
 #   make firmware-demo  run a firmware guest in each CPU mode
+#   make api-check  schemathesis against docs/openapi.yaml on the control API (api-mock-server)
 #   make docs       DocC API documentation for each library module into .build/docs/
 #   make clean
 
@@ -19,9 +20,11 @@ SWIFT ?= swift
 export SWIFTKVM_CACHE ?= /var/cache/swiftkvm
 
 # Debian packages the build and the tests use. Installed only when missing.
-DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs acpica-tools
+DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs acpica-tools socat
+# PyPI packages for `make api-check` (Tests/api/schemathesis.sh), installed only when missing.
+PIP_PACKAGES := schemathesis==4.32.5
 
-.PHONY: all build release firmware baseline guest test-guest nested-lane test bench bench-linux bench-disk docs qemu demo firmware-demo deps clean
+.PHONY: api-check api-deps all build release firmware baseline guest test-guest nested-lane test bench bench-linux bench-disk docs qemu demo firmware-demo deps clean
 
 all: build firmware
 
@@ -91,6 +94,15 @@ bench-linux: release test-guest qemu
 # QEMU microvm on the same image (a few minutes here: it boots Linux twice per side).
 bench-disk: release firmware test-guest qemu
 	python3 Benchmarks/disk.py $(BENCH_DISK_FLAGS)
+
+# The control API against its OpenAPI document: schemathesis (no 5xx, every status and body as
+# documented, data outside the schema refused) on api-mock-server, bridged to TCP by socat.
+api-deps: deps
+	@for p in $(PIP_PACKAGES); do pip show $${p%%==*} >/dev/null 2>&1 || pip install -q $$p || exit 1; done
+
+api-check: api-deps
+	$(SWIFT) build --product api-mock-server
+	Tests/api/schemathesis.sh --mock .build/debug/api-mock-server
 
 # API documentation (swift-docc-plugin): one static site per library module, in .build/docs/MODULE.
 DOC_MODULES := VMM KVM VMMCore Devices LinuxBoot Virtio

@@ -23,6 +23,11 @@ let package = Package(
         .target(name: "VMMCore"),
         // The one description of a VM (Codable), shared by the CLI, the API and importers.
         .target(name: "VMConfig"),
+        // The control API: an HTTP/1.1 server on a Unix socket and the VMController protocol the VMM
+        // implements. Foundation (JSON) and VMConfig only: no VMM, no KVM.
+        .target(name: "ControlAPI", dependencies: ["VMConfig"]),
+        .target(name: "ControlAPIMock", dependencies: ["ControlAPI", "VMConfig"]),
+        .executableTarget(name: "api-mock-server", dependencies: ["ControlAPI", "ControlAPIMock"]),
         .target(name: "Devices", dependencies: ["VMMCore"]),
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
         .target(name: "Virtio", dependencies: ["VMMCore"]),
@@ -38,6 +43,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
         .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestSupport"]),
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"]),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "ControlAPIMock", "VMConfig"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VMMCore", "TestSupport"]),
