@@ -9,7 +9,7 @@
 #   make bench-linux  boot the test kernel under swiftkvm (both PITs) and QEMU microvm, taking turns
 #   make bench-disk   virtio-blk read throughput under swiftkvm and QEMU microvm, side by side
 #   make firmware-demo  run a firmware guest in each CPU mode
-#   make api-check  schemathesis against docs/openapi.yaml on the control API (api-mock-server)
+#   make api-check  schemathesis against docs/openapi.yaml on the control API (api-mock-server and a real firmware VM)
 #   make docs       DocC API documentation for each library module into .build/docs/
 #   make clean
 
@@ -67,6 +67,7 @@ nested-lane: test-guest
 
 test: deps firmware test-guest nested-lane docs
 	$(SWIFT) build --build-tests
+	$(MAKE) --no-print-directory api-check
 	$(SWIFT) test --skip-build
 
 # The C baseline comparison, then the boot probe under swiftkvm and QEMU microvm (BENCH_FLAGS:
@@ -100,9 +101,11 @@ bench-disk: release firmware test-guest qemu
 api-deps: deps
 	@for p in $(PIP_PACKAGES); do pip show $${p%%==*} >/dev/null 2>&1 || pip install -q $$p || exit 1; done
 
-api-check: api-deps
+api-check: api-deps firmware
 	$(SWIFT) build --product api-mock-server
+	$(SWIFT) build --product swiftkvm
 	Tests/api/schemathesis.sh --mock .build/debug/api-mock-server
+	Tests/api/schemathesis.sh --vm .build/debug/swiftkvm Firmware/build/counter-user.bin
 
 # API documentation (swift-docc-plugin): one static site per library module, in .build/docs/MODULE.
 DOC_MODULES := VMM KVM VMMCore Devices LinuxBoot Virtio
