@@ -73,13 +73,15 @@ test: deps firmware test-guest nested-lane docs
 # The C baseline comparison, then the boot probe under swiftkvm and QEMU microvm (BENCH_FLAGS:
 # e.g. --quick, --probe-only, --no-probe; see .build/release/swiftkvm-bench --help), then the
 # virtio-blk comparison of bench-disk (BENCH_DISK_FLAGS, e.g. --linux-rounds 0 to skip its Linux boots),
-# then power-off latency and the probe with 1 and 2 vCPUs (Benchmarks/power-smp.py), then the test
+# then power-off latency and the probe with 1 and 2 vCPUs (Benchmarks/power-smp.py), pause and resume
+# latency over the control socket against QEMU's QMP (Benchmarks/pause-resume.py), then the test
 # kernel with 1 and 2 vCPUs (Benchmarks/linux-smp.py, BENCH_SMP_FLAGS: --rounds N, --cpus 1,2,4; on a
 # KVM-PVM host both VMMs run in the nested lane, where SMP Linux comes up).
 bench: release firmware baseline qemu test-guest nested-lane
 	.build/release/swiftkvm-bench $(BENCH_FLAGS)
 	python3 Benchmarks/disk.py $(BENCH_DISK_FLAGS)
 	python3 Benchmarks/power-smp.py
+	python3 Benchmarks/pause-resume.py
 	python3 Benchmarks/linux-smp.py $(BENCH_SMP_FLAGS)
 
 qemu:
