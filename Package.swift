@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Targets follow the direction of dependencies described in docs/architecture.md:
-//   CKVM ← KVM ← VMM → Devices, LinuxBoot, Virtio → VMMCore; ACPI → VMMCore
+//   CKVM ← KVM ← VMM → Devices, LinuxBoot, Virtio → VMMCore; ACPI → VMMCore; VMM → VMConfig
 // Only KVM calls into CKVM's ioctls; Devices and VMMCore never see /dev/kvm, so they (and the
 // loader and the virtqueue code) are testable anywhere.
 let package = Package(
@@ -26,24 +26,33 @@ let package = Package(
         .target(name: "CKVM"),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "VMMCore"),
+        // The one description of a VM (Codable), shared by the CLI, the API and importers.
+        .target(name: "VMConfig"),
+        // The control API: an HTTP/1.1 server on a Unix socket and the VMController protocol the VMM
+        // implements. Foundation (JSON) and VMConfig only: no VMM, no KVM.
+        .target(name: "ControlAPI", dependencies: ["VMConfig"]),
+        .target(name: "ControlAPIMock", dependencies: ["ControlAPI", "VMConfig"]),
+        .executableTarget(name: "api-mock-server", dependencies: ["ControlAPI", "ControlAPIMock"]),
         .target(name: "Devices", dependencies: ["VMMCore"]),
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
         .target(name: "Virtio", dependencies: ["VMMCore"]),
         .target(name: "ACPI", dependencies: ["VMMCore"]),
-        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "Devices", "LinuxBoot", "Virtio", "ACPI"]),
+        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI"]),
         // The seccomp filter: Debian's libseccomp (libseccomp-dev) and a C SIGSYS handler.
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .target(name: "CSandbox"),
         .target(name: "Sandbox", dependencies: ["CSeccomp", "CSandbox"]),
         .executableTarget(
             name: "swiftkvm",
-            dependencies: ["VMM", "Sandbox", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["VMM", "ControlAPI", "Sandbox", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "swiftkvm-bench", dependencies: ["VMM"]),
         // Helpers several test targets share (not a test target itself).
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
         .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestSupport"]),
+        .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"]),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "ControlAPIMock", "VMConfig"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VMMCore", "TestSupport"]),

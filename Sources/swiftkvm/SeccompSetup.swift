@@ -1,10 +1,18 @@
 import Glibc
 import Sandbox
+import VMConfig
 import VMM
 
 /// `--seccomp on|off`: the system-call allow-list (`SeccompPolicy.vmm`) installed once the machine
 /// is built, right before its vCPUs start.
 enum SeccompSetup {
+    /// Whether the filter can go on for `vm`: not when the VMM may have to build a machine again
+    /// after the first boot (a restart action, or a control API that can ask for a hard reset),
+    /// since that opens files and creates a VM, which the filter forbids.
+    static func applies(to vm: VMConfiguration, apiSocket: String?) -> Bool {
+        apiSocket == nil && ![vm.onPowerOff, vm.onReboot, vm.onCrash].contains(.restart)
+    }
+
     /// Installs the VMM's filter on every thread; a failure is one line and exit status 1.
     static func install() {
         do {
