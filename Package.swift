@@ -14,6 +14,8 @@ let package = Package(
         .library(name: "Devices", targets: ["Devices"]),
         .library(name: "LinuxBoot", targets: ["LinuxBoot"]),
         .library(name: "Virtio", targets: ["Virtio"]),
+        .library(name: "VMConfig", targets: ["VMConfig"]),
+        .library(name: "ControlAPI", targets: ["ControlAPI"]),
         .executable(name: "swiftkvm", targets: ["swiftkvm"]),
         .executable(name: "swiftkvm-bench", targets: ["swiftkvm-bench"]),
     ],

@@ -18,6 +18,8 @@ let harnesses: [(name: String, products: [String])] = [
     ("pit8254", ["Devices", "VMMCore"]),
     ("i8042", ["Devices", "VMMCore"]),
     ("cli-values", ["VMM"]),
+    ("http-request", ["ControlAPI"]),
+    ("vm-config", ["VMConfig"]),
 ]
 
 // A path dependency's identity is its folder's name (the clone may be called anything).

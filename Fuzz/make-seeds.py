@@ -100,3 +100,14 @@ seed("i8042", "keyboard-commands", bytes([0x00, 0xFF, 0x02, 0x00, 0xF4, 0x00, 0x
 for name, text in [("size", "256M"), ("hex", "0x7c00"), ("disk", "/tmp/disk.img,readonly"), ("features", "-xsave,-cx16"),
                    ("huge", "99999999999999999999T")]:
     seed("cli-values", name, struct.pack("<q", 0x7FFF_FFFF_FFFF_FC01) + text.encode())
+
+# http-request: the split size, then the stream.
+seed("http-request", "get-and-put", b"\x07" + b"GET /vm HTTP/1.1\r\nHost: localhost\r\n\r\n"
+     b"PUT /machine-config HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 31\r\n\r\n"
+     b'{"vcpu_count":2,"mem_size_mib":64}'[:31])
+seed("http-request", "patch-keep-alive", b"\x00" + b"PATCH /vm HTTP/1.1\r\nConnection: keep-alive\r\nContent-Length: 20\r\n\r\n"
+     b'{"state":"Paused"}  ')
+seed("http-request", "chunked", b"\x03" + b"PUT /actions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+
+# vm-config: its seeds are `swiftkvm run … --print-config` outputs (paths replaced), kept as
+# they are in corpus/vm-config/, and one with a field the strict decoder refuses.
