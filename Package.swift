@@ -23,6 +23,9 @@ let package = Package(
         .target(name: "VMMCore"),
         // The one description of a VM (Codable), shared by the CLI, the API and importers.
         .target(name: "VMConfig"),
+        // libvirt domain XML in and out of a VMConfiguration, parsed by Debian's libxml2.
+        .systemLibrary(name: "CLibXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
+        .target(name: "LibvirtXML", dependencies: ["VMConfig", "CLibXML2"]),
         .target(name: "Devices", dependencies: ["VMMCore"]),
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
         .target(name: "Virtio", dependencies: ["VMMCore"]),
@@ -30,7 +33,7 @@ let package = Package(
         .target(name: "VMM", dependencies: ["KVM", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI"]),
         .executableTarget(
             name: "swiftkvm",
-            dependencies: ["VMM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["VMM", "VMConfig", "LibvirtXML", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "swiftkvm-bench", dependencies: ["VMM"]),
         // Helpers several test targets share (not a test target itself).
@@ -38,6 +41,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
         .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestSupport"]),
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"]),
+        .testTarget(name: "LibvirtXMLTests", dependencies: ["LibvirtXML", "VMConfig"], exclude: ["Fixtures"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VMMCore", "TestSupport"]),
