@@ -47,7 +47,8 @@ public enum LibvirtExport {
             add(1, "</features>")
         }
         if !configuration.cpuFeatures.isEmpty {
-            add(1, "<cpu>")
+            // libvirt accepts a feature list only with a model or host-passthrough.
+            add(1, "<cpu mode='host-passthrough'>")
             for feature in configuration.cpuFeatures {
                 add(2, "<feature policy='disable' name='\(escape(String(feature.dropFirst())))'/>")
             }
@@ -77,7 +78,7 @@ public enum LibvirtExport {
             case .user(let forwards):
                 add(2, "<interface type='user'>")
                 if let mac = interface.mac { add(3, "<mac address='\(escape(mac))'/>") }
-                add(3, "<backend type='passt'/>")
+                // No <backend type='passt'/>: libvirt 9.0's schema refuses it; user-mode is passt here anyway.
                 for forward in forwards {
                     let address = forward.hostAddress.map { " address='\(escape($0))'" } ?? ""
                     add(3, "<portForward proto='tcp'\(address)>")

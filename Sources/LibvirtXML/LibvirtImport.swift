@@ -522,7 +522,14 @@ struct DomainImporter {
     }
 
     mutating func cpu(_ node: XMLNode, _ path: String) {
-        var other = !node.attributes.isEmpty
+        var other = false
+        for (attribute, value) in node.attributes {
+            if attribute == "mode", value == "host-passthrough" {
+                take("\(path)/@mode", "the host's CPU, as KVM offers it")
+            } else if attribute != "check", attribute != "migratable" {
+                other = true
+            }
+        }
         for (child, childPath) in paths(node, under: path) {
             if child.name == "feature", let policy = child[attribute: "policy"], policy == "disable" || policy == "forbid",
                 let name = child[attribute: "name"]

@@ -107,7 +107,9 @@ import VMConfig
                     switch generator.next() % 4 {
                     case 0: bytes[position] = UInt8(truncatingIfNeeded: generator.next())
                     case 1: bytes.remove(at: position)
-                    case 2: bytes.insert(Array("<>&'\"/=[]!?-x0 ".utf8)[Int(generator.next() % 16)], at: position)
+                    case 2:
+                        let tokens = Array("<>&'\"/=[]!?-x0 ".utf8)
+                        bytes.insert(tokens[Int(generator.next() % UInt64(tokens.count))], at: position)
                     default: bytes = Array(bytes.prefix(position))
                     }
                     if bytes.isEmpty { bytes = [0] }
