@@ -1,8 +1,9 @@
 import ArgumentParser
-import FoundationEssentials
+import Foundation
 import Glibc
 import LibvirtXML
 import VMConfig
+import VMM
 
 /// `swiftkvm import FILE.xml`: a libvirt domain description as a SwiftKVM VM configuration.
 struct Import: ParsableCommand {
@@ -48,7 +49,9 @@ struct Import: ParsableCommand {
             throw UsageError(
                 "keeping an imported VM needs 'swiftkvm create', which is not built yet: give --output FILE.json to write its configuration, or --dry-run to see it")
         }
-        let bytes = try readBounded(file, limit: XMLLimits.maximumBytes)
+        // Larger files get the importer's own one-line refusal (XMLReadError.tooLarge).
+        let bytes: [UInt8]
+        do { bytes = try readHostFile(file, limit: 64 << 20) } catch { throw UsageError(error.description) }
         let options = ImportOptions(name: name, dropUnsupported: dropUnsupported)
         let result: ImportResult
         do {
@@ -131,16 +134,7 @@ struct Export: ParsableCommand {
             throw UsageError("nothing to export: give --config FILE.json")
         }
         if name != nil { throw UsageError("give either a VM name or --config, not both") }
-        let bytes = try readBounded(config, limit: XMLLimits.maximumBytes)
-        let configuration: VMConfiguration
-        do {
-            configuration = try JSONDecoder().decode(VMConfiguration.self, from: Data(bytes))
-            try configuration.validate()
-        } catch let error as DecodingError {
-            throw UsageError("\(config): \(describeDecodingError(error))")
-        } catch {
-            throw UsageError("\(config): \(error)")
-        }
+        let configuration = try Run.loadConfiguration(config)
         switch format {
         case "libvirt":
             do { print(try LibvirtExport.domainXML(for: configuration), terminator: "") } catch { throw UsageError("\(config): \(error)") }
@@ -148,10 +142,12 @@ struct Export: ParsableCommand {
             let command = LibvirtExport.runCommand(for: configuration)
             print(command.shellLine)
             if !command.unsupported.isEmpty {
-                fputs("swiftkvm: no 'swiftkvm run' option yet for: \(command.unsupported.joined(separator: ", "))\n", stderr)
+                fputs(
+                    "swiftkvm: no 'swiftkvm run' option yet for: \(command.unsupported.joined(separator: ", ")); 'swiftkvm run --config \(config)' runs all of it\n",
+                    stderr)
             }
         default:
-            print(String(decoding: try encodeJSON(configuration), as: UTF8.self))
+            print(try ConfigurationFile.encode(configuration))
         }
     }
 }
@@ -160,46 +156,6 @@ func encodeJSON<T: Encodable>(_ value: T) throws -> [UInt8] {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     do { return Array(try encoder.encode(value)) } catch { throw RuntimeFailure("could not write JSON: \(error)") }
-}
-
-/// One line for a JSON decoding error: where (as a field path) and what.
-func describeDecodingError(_ error: DecodingError) -> String {
-    func path(_ context: DecodingError.Context) -> String {
-        let keys = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }
-        return keys.isEmpty ? "" : keys.joined(separator: ".").replacing(".[", with: "[") + ": "
-    }
-    switch error {
-    case .keyNotFound(let key, let context): return "\(path(context))missing field '\(key.stringValue)'"
-    case .typeMismatch(_, let context), .valueNotFound(_, let context):
-        return "\(path(context))\(context.debugDescription)"
-    case .dataCorrupted(let context):
-        let underlying = context.underlyingError.map { " (\($0))" } ?? ""
-        return "\(path(context))\(context.debugDescription)\(underlying)".replacing("\n", with: " ")
-    @unknown default: return "\(error)"
-    }
-}
-
-/// A file's bytes, refused when longer than `limit`; errors name the file and say why.
-func readBounded(_ path: String, limit: Int) throws -> [UInt8] {
-    let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-    guard descriptor >= 0 else { throw UsageError("\(path): \(String(cString: strerror(errno)))") }
-    defer { close(descriptor) }
-    var status = stat()
-    guard fstat(descriptor, &status) == 0 else { throw UsageError("\(path): \(String(cString: strerror(errno)))") }
-    guard status.st_mode & S_IFMT == S_IFREG else { throw UsageError("\(path): not a regular file") }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-    while bytes.count <= limit {
-        let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-        if count < 0 {
-            if errno == EINTR { continue }
-            throw UsageError("\(path): \(String(cString: strerror(errno)))")
-        }
-        if count == 0 { break }
-        bytes += chunk[0..<count]
-    }
-    guard bytes.count <= limit else { throw UsageError("\(path): more than \(limit) bytes: is this the right file?") }
-    return bytes
 }
 
 /// Writes a file that must not exist yet (O_EXCL), whole or not at all.
