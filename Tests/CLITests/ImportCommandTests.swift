@@ -133,7 +133,7 @@ import Testing
         let script = directory.appendingPathComponent("input.txt").path
         try "md5sum /dev/vda; echo MD5-$((2 + 2))\nreboot -f\n".write(toFile: script, atomically: true, encoding: .utf8)
         let run = try ProcessRun.run(
-            SwiftKVMProcess.executable, ["run", "--config", config, "--time-limit", "420"], stdin: script, timeout: 480)
+            SwiftKVMProcess.executable, ["run", "--config", config, "--time-limit", "600"], stdin: script, timeout: 660)
         #expect(run.stdout.contains("SWIFTKVM-INIT-READY"), "\(run.stdout.suffix(2000)) \(run.stderr)")
         #expect(run.stdout.contains("\(hostSum)  /dev/vda"), "\(run.stdout.suffix(2000)) \(run.stderr)")
         #expect(run.stdout.contains("MD5-4"))

@@ -57,10 +57,96 @@ import VMConfig
             NetworkInterfaceConfig(backend: .user(forwards: [PortForward(hostAddress: "127.0.0.1", hostPort: 2222, guestPort: 22)]), mac: "52:54:00:12:34:57")
         ]
         result["nic-user"] = user
+        // A real qemu:///session daemon's define and running dumpxml of the test kernel: one VM.
+        var session = VMConfiguration(
+            name: "session-test",
+            boot: .linux(LinuxBootSource(kernel: kernel, initrd: initrd, commandLine: "console=ttyS0 reboot=k panic=-1 quiet")),
+            memoryBytes: 256 << 20, cpus: 1, acpi: true, disks: [DiskConfig(path: "/tmp/swiftkvm-libvirt-session/root.img")],
+            networkInterfaces: [NetworkInterfaceConfig(backend: .user(forwards: []), mac: "52:54:00:3d:8e:8a")],
+            console: ConsoleConfig(output: .stdio), onPowerOff: .destroy, onReboot: .restart, onCrash: .destroy)
+        result["session-defined"] = session
+        result["session-running"] = session
         return result
     }
 
     static let expectedDecisions: [String: [(Decision.Kind, String)]] = [
+        "session-defined": [
+            (.taken, "/domain/@type"),
+            (.taken, "/domain/name"),
+            (.warned, "/domain/uuid"),
+            (.taken, "/domain/memory"),
+            (.taken, "/domain/currentMemory"),
+            (.warned, "/domain/vcpu/@placement"),
+            (.taken, "/domain/vcpu"),
+            (.taken, "/domain/os/type"),
+            (.taken, "/domain/os/type/@arch"),
+            (.warned, "/domain/os/type/@machine"),
+            (.taken, "/domain/os/kernel"),
+            (.taken, "/domain/os/initrd"),
+            (.taken, "/domain/os/cmdline"),
+            (.warned, "/domain/os/boot"),
+            (.taken, "/domain/features/acpi"),
+            (.taken, "/domain/features/apic"),
+            (.warned, "/domain/cpu"),
+            (.taken, "/domain/clock/@offset"),
+            (.warned, "/domain/clock/timer[1]"),
+            (.taken, "/domain/clock/timer[2]"),
+            (.taken, "/domain/on_poweroff"),
+            (.taken, "/domain/on_reboot"),
+            (.taken, "/domain/on_crash"),
+            (.warned, "/domain/pm"),
+            (.warned, "/domain/devices/emulator"),
+            (.warned, "/domain/devices/disk/address"),
+            (.taken, "/domain/devices/disk"),
+            (.warned, "/domain/devices/controller[1]"),
+            (.taken, "/domain/devices/interface/mac/@address"),
+            (.taken, "/domain/devices/interface/model/@type"),
+            (.taken, "/domain/devices/interface"),
+            (.warned, "/domain/devices/input[1]"),
+            (.warned, "/domain/devices/audio"),
+            (.warned, "/domain/devices/memballoon"),
+            (.taken, "/domain/devices/console"),
+            (.taken, "/domain/devices/serial"),
+        ],
+        "session-running": [
+            (.taken, "/domain/@type"),
+            (.warned, "/domain/@id"),
+            (.taken, "/domain/name"),
+            (.warned, "/domain/uuid"),
+            (.taken, "/domain/memory"),
+            (.taken, "/domain/currentMemory"),
+            (.warned, "/domain/vcpu/@placement"),
+            (.taken, "/domain/vcpu"),
+            (.taken, "/domain/os/type"),
+            (.taken, "/domain/os/type/@arch"),
+            (.warned, "/domain/os/type/@machine"),
+            (.taken, "/domain/os/kernel"),
+            (.taken, "/domain/os/initrd"),
+            (.taken, "/domain/os/cmdline"),
+            (.warned, "/domain/os/boot"),
+            (.taken, "/domain/features/acpi"),
+            (.taken, "/domain/features/apic"),
+            (.warned, "/domain/cpu"),
+            (.taken, "/domain/clock/@offset"),
+            (.warned, "/domain/clock/timer[1]"),
+            (.taken, "/domain/clock/timer[2]"),
+            (.taken, "/domain/on_poweroff"),
+            (.taken, "/domain/on_reboot"),
+            (.taken, "/domain/on_crash"),
+            (.warned, "/domain/pm"),
+            (.warned, "/domain/devices/emulator"),
+            (.warned, "/domain/devices/disk/address"),
+            (.taken, "/domain/devices/disk"),
+            (.warned, "/domain/devices/controller[1]"),
+            (.taken, "/domain/devices/interface/mac/@address"),
+            (.taken, "/domain/devices/interface/model/@type"),
+            (.taken, "/domain/devices/interface"),
+            (.warned, "/domain/devices/input[1]"),
+            (.warned, "/domain/devices/audio"),
+            (.warned, "/domain/devices/memballoon"),
+            (.taken, "/domain/devices/console"),
+            (.taken, "/domain/devices/serial"),
+        ],
         "console-log": [
             (.warned, "/domain/@type"),
             (.taken, "/domain/name"),
@@ -490,7 +576,7 @@ import VMConfig
 
     @Test func everyFixtureHasItsCommandAndExpectations() throws {
         let names = try Fixtures.names()
-        #expect(names.count >= 17)
+        #expect(names.count >= 19)
         for name in names {
             #expect(FileManager.default.fileExists(atPath: Fixtures.path("\(name).cmd")), "\(name) has no .cmd")
             #expect(Self.expectedDecisions[name] != nil, "\(name) has no expected decisions")
