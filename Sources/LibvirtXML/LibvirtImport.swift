@@ -18,11 +18,32 @@ public struct Decision: Equatable, Sendable, CustomStringConvertible {
     /// A refusal of an optional device that `ImportOptions.dropUnsupported` would turn into a warning.
     public var droppable: Bool
 
+    /// Control characters in `message` (a name or command line from the document may hold a
+    /// newline) are written as escapes, so each decision stays one line.
     public init(xpath: String, kind: Kind, message: String, droppable: Bool = false) {
         self.xpath = xpath
         self.kind = kind
-        self.message = message
+        self.message = Self.oneLine(message)
         self.droppable = droppable
+    }
+
+    static func oneLine(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else { return text }
+        var result = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": result += "\\n"
+            case "\r": result += "\\r"
+            case "\t": result += "\\t"
+            default:
+                if scalar.properties.generalCategory == .control {
+                    result += "\\u{\(String(scalar.value, radix: 16))}"
+                } else {
+                    result.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return result
     }
 
     public var description: String { "\(kind.rawValue) \(xpath): \(message)" }
@@ -213,6 +234,9 @@ enum IgnoredGroup: String {
 }
 
 struct DomainImporter {
+    /// Forwarded ports per interface: a document cannot make the configuration grow past this.
+    static let maximumForwards = 1024
+
     let options: ImportOptions
     var decisions: [Decision] = []
     var groups: [IgnoredGroup: (index: Int, count: Int)] = [:]
@@ -817,6 +841,10 @@ struct DomainImporter {
             let to = range[attribute: "to"].flatMap { Int($0) } ?? start
             guard (start...65535).contains(end), end - start < 256, (1...65535).contains(to), to + (end - start) <= 65535 else {
                 refuse(rangePath, "the range \(start)-\(end) to \(to) does not fit: give at most 256 ports from 1 to 65535")
+                return false
+            }
+            guard forwards.count + (end - start) < DomainImporter.maximumForwards else {
+                refuse(rangePath, "more than \(DomainImporter.maximumForwards) forwarded ports: forward fewer")
                 return false
             }
             for offset in 0...(end - start) {

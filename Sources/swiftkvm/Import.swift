@@ -45,6 +45,7 @@ struct Import: ParsableCommand {
         if let name {
             do { try VMConfiguration.validateName(name) } catch { throw UsageError("--name: \(error)") }
         }
+        if json, !dryRun { throw UsageError("--json goes with --dry-run (the --output file is always JSON)") }
         guard dryRun || output != nil else {
             throw UsageError(
                 "keeping an imported VM needs 'swiftkvm create', which is not built yet: give --output FILE.json to write its configuration, or --dry-run to see it")

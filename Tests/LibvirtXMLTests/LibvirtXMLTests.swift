@@ -245,6 +245,18 @@ struct SplitMix {
         #expect(dropped.decisions.contains { $0.xpath == "/domain/devices/hostdev" && $0.kind == .warned })
     }
 
+    @Test func messagesStayOneLineAndForwardsAreBounded() throws {
+        let result = try LibvirtImport.importDomain(xml: Self.domain().replacing("<name>t</name>", with: "<name>a&#10;b</name>"))
+        #expect(result.configuration.name == "a-b")
+        #expect(result.decisions.first { $0.xpath == "/domain/name" }?.message == #"'a\nb' is not a valid VM name (lower-case letters, digits, '.', '_', '-'): using 'a-b'"#)
+        let ranges = (0..<5).map { "<range start='\(10000 + $0 * 256)' end='\(10000 + $0 * 256 + 255)' to='\(20000 + $0 * 256)'/>" }.joined()
+        let devices = "<interface type='user'><portForward proto='tcp'>\(ranges)</portForward></interface>"
+        do {
+            _ = try LibvirtImport.importDomain(xml: Self.domain(devices: devices))
+            Issue.record("1280 forwards imported")
+        } catch { #expect(error.refusals.map(\.xpath) == ["/domain/devices/interface/portForward/range[5]"]) }
+    }
+
     @Test func otherArchitecturesAreRefused() throws {
         do {
             _ = try LibvirtImport.importDomain(xml: Self.domain().replacing("x86_64", with: "aarch64"))
