@@ -52,17 +52,24 @@ public final class ControlServer: @unchecked Sendable {
         pthread_mutex_init(&mutex, nil)
     }
 
+    /// The server thread holds a reference while it runs, so this runs only after it has ended
+    /// (or was never started): the wake-up pipe is closed here, never while `stop()` may write to it.
     deinit {
         stop()
+        if wakeRead >= 0 { close(wakeRead) }
+        if wakeWrite >= 0 { close(wakeWrite) }
         pthread_mutex_destroy(&mutex)
     }
 
     /// Binds the socket and starts the server thread. Throws `ControlServerError` when the path
-    /// cannot be used; nothing is left behind then.
+    /// cannot be used; nothing is left behind then. A server serves once: after `stop()`, make a
+    /// new one (`start()` then throws `ControlServerError.stopped`); a second `start()` while it
+    /// runs does nothing.
     public func start() throws(ControlServerError) {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
-        guard thread == nil, !stopped else { return }
+        guard !stopped else { throw .stopped }
+        guard thread == nil else { return }
         let socketPath = try UnixSocketPath(path)
         if let existing = try socketPath.status() {
             guard existing.st_mode & S_IFMT == S_IFSOCK else { throw .notASocket(path: path) }
@@ -114,6 +121,8 @@ public final class ControlServer: @unchecked Sendable {
             errno = result
             close(pipeFDs[0])
             close(pipeFDs[1])
+            (self.wakeRead, self.wakeWrite, self.listener) = (-1, -1, -1)
+            self.socketPath = nil
             throw fail("pthread_create")
         }
         thread = created
@@ -203,8 +212,6 @@ public final class ControlServer: @unchecked Sendable {
         }
         for client in clients { close(client.fd) }
         close(listener)
-        close(wakeRead)
-        close(wakeWrite)
         if let socketPath, let socketFile, let info = try? socketPath.status(),
             UInt64(info.st_dev) == socketFile.device, UInt64(info.st_ino) == socketFile.inode
         {
