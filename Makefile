@@ -9,7 +9,7 @@
 #   make bench-linux  boot the test kernel under swiftkvm (both PITs) and QEMU microvm, taking turns
 #   make bench-disk   virtio-blk read throughput under swiftkvm and QEMU microvm, side by side
 #   make firmware-demo  run a firmware guest in each CPU mode
-#   make api-check  schemathesis against docs/openapi.yaml on the control API (api-mock-server)
+#   make api-check  schemathesis against docs/openapi.yaml on the control API (api-mock-server and a real firmware VM)
 #   make fuzz-api   libFuzzer on the control API's HTTP request parser (FUZZ_SECONDS, default 60)
 #   make docs       DocC API documentation for each library module into .build/docs/
 #   make clean
@@ -68,18 +68,21 @@ nested-lane: test-guest
 
 test: deps firmware test-guest nested-lane docs
 	$(SWIFT) build --build-tests
+	$(MAKE) --no-print-directory api-check
 	$(SWIFT) test --skip-build
 
 # The C baseline comparison, then the boot probe under swiftkvm and QEMU microvm (BENCH_FLAGS:
 # e.g. --quick, --probe-only, --no-probe; see .build/release/swiftkvm-bench --help), then the
 # virtio-blk comparison of bench-disk (BENCH_DISK_FLAGS, e.g. --linux-rounds 0 to skip its Linux boots),
-# then power-off latency and the probe with 1 and 2 vCPUs (Benchmarks/power-smp.py), then the test
+# then power-off latency and the probe with 1 and 2 vCPUs (Benchmarks/power-smp.py), pause and resume
+# latency over the control socket against QEMU's QMP (Benchmarks/pause-resume.py), then the test
 # kernel with 1 and 2 vCPUs (Benchmarks/linux-smp.py, BENCH_SMP_FLAGS: --rounds N, --cpus 1,2,4; on a
 # KVM-PVM host both VMMs run in the nested lane, where SMP Linux comes up).
 bench: release firmware baseline qemu test-guest nested-lane
 	.build/release/swiftkvm-bench $(BENCH_FLAGS)
 	python3 Benchmarks/disk.py $(BENCH_DISK_FLAGS)
 	python3 Benchmarks/power-smp.py
+	python3 Benchmarks/pause-resume.py
 	python3 Benchmarks/linux-smp.py $(BENCH_SMP_FLAGS)
 
 qemu:
@@ -101,9 +104,11 @@ bench-disk: release firmware test-guest qemu
 api-deps: deps
 	@for p in $(PIP_PACKAGES); do pip show $${p%%==*} >/dev/null 2>&1 || pip install -q $$p || exit 1; done
 
-api-check: api-deps
+api-check: api-deps firmware
 	$(SWIFT) build --product api-mock-server
+	$(SWIFT) build --product swiftkvm
 	Tests/api/schemathesis.sh --mock .build/debug/api-mock-server
+	Tests/api/schemathesis.sh --vm .build/debug/swiftkvm Firmware/build/counter-user.bin
 
 fuzz-api:
 	Tests/fuzz/fuzz-http-parser.sh

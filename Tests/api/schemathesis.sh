@@ -5,6 +5,11 @@
 #                                                    firmware VM under `swiftkvm run --api-socket SOCKET`)
 #   Tests/api/schemathesis.sh --mock MOCK-SERVER     starts MOCK-SERVER (.build/debug/api-mock-server)
 #                                                    on a socket of its own and stops it afterwards
+#   Tests/api/schemathesis.sh --vm SWIFTKVM FIRMWARE  runs a real firmware VM (`SWIFTKVM run --firmware
+#                                                    FIRMWARE --mode user --api-socket ...`) and tests
+#                                                    every operation but PUT /actions, whose Stop and
+#                                                    Kill would end it (the mock covers that one);
+#                                                    PATCH /vm really pauses and resumes its vCPUs
 #
 # schemathesis speaks TCP only: socat bridges a port on 127.0.0.1 (chosen free) to the socket.
 # Checks: no 5xx (not_a_server_error), every status documented for its operation, every body's
@@ -14,7 +19,7 @@
 # the socket go to `schemathesis run`.
 set -euo pipefail
 
-usage() { echo "usage: $0 SOCKET [schemathesis args] | $0 --mock PATH-TO-api-mock-server [schemathesis args]" >&2; exit 2; }
+usage() { echo "usage: $0 SOCKET [schemathesis args] | $0 --mock PATH-TO-api-mock-server [schemathesis args] | $0 --vm PATH-TO-swiftkvm FIRMWARE [schemathesis args]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/swiftkvm-schemathesis.XXXXXX")
@@ -32,6 +37,15 @@ if [ "$1" = "--mock" ]; then
     "$2" "$socket" >"$work/mock.log" 2>&1 &
     pids+=($!)
     shift 2
+elif [ "$1" = "--vm" ]; then
+    [ $# -ge 3 ] && [ -x "$2" ] && [ -f "$3" ] || usage
+    socket="$work/vm.sock"
+    "$2" run --firmware "$3" --mode user --api-socket "$socket" --time-limit "${SCHEMATHESIS_TIME_LIMIT:-600}" \
+        >"$work/vm.console" 2>"$work/vm.log" &
+    vm=$!
+    pids+=($vm)
+    shift 3
+    set -- --exclude-path /actions "$@"
 else
     socket=$1
     shift
@@ -51,8 +65,26 @@ for _ in $(seq 1 50); do
 done
 
 echo "schemathesis $(schemathesis --version | awk '{print $NF}') against $socket (bridged at 127.0.0.1:$port)"
-timeout "${SCHEMATHESIS_TIME_LIMIT:-600}" schemathesis run "$root/docs/openapi.yaml" \
+status=0
+# Run from the temporary folder: schemathesis keeps a cache (.schemathesis/) in its working folder.
+case "${SCHEMATHESIS_REPORT_DIR:-}" in
+    "") report="" ;;
+    /*) report=$SCHEMATHESIS_REPORT_DIR ;;
+    *) report=$PWD/$SCHEMATHESIS_REPORT_DIR ;;
+esac
+(cd "$work" && exec timeout "${SCHEMATHESIS_TIME_LIMIT:-600}" schemathesis run "$root/docs/openapi.yaml" \
     --url "http://127.0.0.1:$port" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection \
     --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-100}" --seed 1 --workers 1 --request-timeout 10 \
-    ${SCHEMATHESIS_REPORT_DIR:+--report junit --report-dir "$SCHEMATHESIS_REPORT_DIR"} --no-color "$@"
+    ${report:+--report junit --report-dir "$report"} --no-color "$@") || status=$?
+if [ -n "${vm:-}" ]; then
+    # The VM must have lived through every request: still running, and it still answers.
+    if ! kill -0 "$vm" 2>/dev/null; then
+        echo "$0: the VM died during the run:" >&2
+        cat "$work/vm.log" >&2
+        exit 1
+    fi
+    curl -sf --unix-socket "$socket" http://localhost/ >/dev/null || { echo "$0: the VM no longer answers" >&2; exit 1; }
+    echo "the VM ran through the whole run ($(wc -c <"$work/vm.console") console bytes) and still answers"
+fi
+exit $status
