@@ -280,6 +280,9 @@ public final class ControlServer: @unchecked Sendable {
                 client.closing = true
             }
         }
+        if !client.closing, client.parser.takeContinueRequest() {
+            client.output += Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
+        }
     }
 
     /// O_NONBLOCK and FD_CLOEXEC (accept4 and pipe2 are GNU extensions Glibc's module does not export).

@@ -226,6 +226,22 @@ import Glibc
         #expect(try api.request("GET", "/").status == 200)
     }
 
+    /// curl sends `Expect: 100-continue` for bodies over 1 KiB and waits a second for the answer.
+    @Test func expectContinueIsAnsweredBeforeTheBody() throws {
+        let api = try TestServer("continue")
+        defer { api.finish() }
+        let connection = try api.connection()
+        defer { connection.close() }
+        let body = #"{"kernel_image_path": "/k", "boot_args": "\#(String(repeating: "x", count: 2000))"}"#
+        try connection.send("PUT /boot-source HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: \(body.utf8.count)\r\n\r\n")
+        #expect(try connection.readResponse().status == 100)
+        try connection.send(body)
+        #expect(try connection.readResponse().status == 204)
+        // Sent with its body at once: no 100.
+        try connection.send("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
+        #expect(try connection.readResponse().status == 200)
+    }
+
     @Test func chunkedBodiesAre501() throws {
         let api = try TestServer("chunked")
         defer { api.finish() }
