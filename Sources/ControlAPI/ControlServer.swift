@@ -175,9 +175,13 @@ public final class ControlServer: @unchecked Sendable {
         var clients: [Client] = []
         var scratch = [UInt8](repeating: 0, count: 64 << 10)
         let readCap = options.limits.maximumHeaderBytes + options.limits.maximumBodyBytes + (64 << 10)
+        // After accept fails for want of descriptors (EMFILE, ENFILE, ENOBUFS) the listener stays
+        // readable: it rests for 100 ms instead of spinning.
+        var acceptRestsUntil = 0.0
         serving: while true {
             var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
-            fds.append(pollfd(fd: clients.count < options.maximumClients ? listener : -1, events: Int16(POLLIN), revents: 0))
+            let accepting = clients.count < options.maximumClients && Self.monotonicSeconds() >= acceptRestsUntil
+            fds.append(pollfd(fd: accepting ? listener : -1, events: Int16(POLLIN), revents: 0))
             for client in clients {
                 var events: Int16 = 0
                 if !client.closing, !client.readClosed, client.parser.bufferedByteCount < readCap, client.pendingOutput < Self.outputHighWater { events |= Int16(POLLIN) }
@@ -186,7 +190,7 @@ public final class ControlServer: @unchecked Sendable {
             }
             let now = Self.monotonicSeconds()
             let nextExpiry = clients.map { $0.lastActivity + options.idleTimeout }.min().map { max(0, $0 - now) } ?? 1
-            let timeout = Int32(min(1000, max(1, nextExpiry * 1000)))
+            let timeout = Int32(min(accepting ? 1000 : 100, max(1, nextExpiry * 1000)))
             let ready = poll(&fds, nfds_t(fds.count), timeout)
             if ready < 0, errno != EINTR { break serving }
             if fds[0].revents != 0 { break serving }
@@ -204,7 +208,10 @@ public final class ControlServer: @unchecked Sendable {
             if fds[1].revents & Int16(POLLIN) != 0 {
                 while clients.count < options.maximumClients {
                     let fd = accept(listener, nil, nil)
-                    guard fd >= 0 else { break }
+                    guard fd >= 0 else {
+                        if errno != EAGAIN, errno != EWOULDBLOCK, errno != EINTR, errno != ECONNABORTED { acceptRestsUntil = clock + 0.1 }
+                        break
+                    }
                     Self.setNonblockingAndCloseOnExec(fd)
                     clients.append(Client(fd: fd, limits: options.limits, now: clock))
                 }
