@@ -19,6 +19,8 @@ let package = Package(
     ],
     targets: [
         .target(name: "CKVM"),
+        // C: <sys/epoll.h>, <sys/timerfd.h>, <sys/signalfd.h> for the VMM's event loop (Glibc lacks them).
+        .target(name: "CEvents"),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "VMMCore"),
         // The one description of a VM (Codable), shared by the CLI, the API and importers.
@@ -32,7 +34,7 @@ let package = Package(
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
         .target(name: "Virtio", dependencies: ["VMMCore"]),
         .target(name: "ACPI", dependencies: ["VMMCore"]),
-        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI"]),
+        .target(name: "VMM", dependencies: ["KVM", "CEvents", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI"]),
         .executableTarget(
             name: "swiftkvm",
             dependencies: ["VMM", "ControlAPI", .product(name: "ArgumentParser", package: "swift-argument-parser")]

@@ -42,22 +42,33 @@ struct Serve: ParsableCommand {
             limit = .milliseconds(Int64(timeLimit * 1000))
         }
         let output: ConsoleOutputBuffer
-        do { output = try ConsoleOutputBuffer(descriptor: STDOUT_FILENO) } catch { throw RuntimeFailure(error.description) }
+        let events: EventLoop
+        let stopper: SignalStopper
+        do {
+            events = try EventLoop()
+            stopper = try SignalStopper(loop: events)
+            output = try ConsoleOutputBuffer(descriptor: STDOUT_FILENO)
+            try events.start()
+        } catch {
+            throw RuntimeFailure(error.description)
+        }
         let handoff = Handoff()
         let policy = RunPolicy(timeLimit: limit)
         let controller = InstanceController(
-            output: output, makeInstance: { configuration throws(VMMError) in try VMInstance(configuration, policy: policy) { output.append($0) } },
+            output: output,
+            makeInstance: { configuration throws(VMMError) in
+                try VMInstance(configuration, policy: policy, events: events) { output.append($0) }
+            },
             onStart: { handoff.give($0) })
         let server = ControlServer(path: apiSocket, controller: controller)
         do { try server.start() } catch { throw UsageError("--api-socket \(error)") }
         defer { server.stop() }
         // Before the start a signal ends the VMM at once; after it, it stops the VM cleanly.
-        let stopper = SignalStopper()
         stopper.watch { handoff.cancel() }
         guard let instance = handoff.wait() else {
             throw ExitCode(128 + (stopper.signal ?? SIGTERM))
         }
-        try Run.run(instance, output: output, paused: false, stats: stats)
+        try Run.run(instance, output: output, stopper: stopper, paused: false, stats: stats)
     }
 }
 

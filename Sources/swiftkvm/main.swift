@@ -260,9 +260,14 @@ struct Run: ParsableCommand {
         Glibc.signal(SIGPIPE, SIG_IGN)
         let instance: VMInstance
         let output: ConsoleOutputBuffer
+        let stopper: SignalStopper
         do {
+            // Signals first: blocked here before any thread starts, so they reach only the loop.
+            let events = try EventLoop()
+            stopper = try SignalStopper(loop: events)
             output = try ConsoleOutputBuffer(descriptor: STDOUT_FILENO)
-            instance = try VMInstance(vm, policy: policy) { output.append($0) }
+            instance = try VMInstance(vm, policy: policy, events: events) { output.append($0) }
+            try events.start()
         } catch {
             throw UsageError(error.description)
         }
@@ -273,13 +278,12 @@ struct Run: ParsableCommand {
             server = started
         }
         defer { server?.stop() }
-        try Self.run(instance, output: output, paused: paused, stats: stats)
+        try Self.run(instance, output: output, stopper: stopper, paused: paused, stats: stats)
     }
 
     /// Runs `instance` to its end with the console on this terminal, then exits with its outcome's status.
-    static func run(_ instance: VMInstance, output: ConsoleOutputBuffer, paused: Bool, stats: Bool) throws -> Never {
+    static func run(_ instance: VMInstance, output: ConsoleOutputBuffer, stopper: SignalStopper, paused: Bool, stats: Bool) throws -> Never {
         let vm = instance.configuration
-        let stopper = SignalStopper()
         stopper.watch { instance.stop() }
         let isLinux = if case .linux = vm.boot { true } else { false }
         let terminal = HostTerminal()
@@ -356,18 +360,19 @@ struct RuntimeFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Turns SIGINT and SIGTERM into a clean stop of the running VM.
+/// Turns SIGINT and SIGTERM into a clean stop of the running VM, through a signalfd on the VMM's
+/// event loop (the signals are blocked in every thread, so they arrive nowhere else).
 final class SignalStopper: @unchecked Sendable {
     private let state = Mutex<(stop: (@Sendable () -> Void)?, signal: Int32?)>((nil, nil))
-    private var sources: [DispatchSourceSignal] = []
+    private let signals: SignalFD
 
-    init() {
-        for number in [SIGINT, SIGTERM] {
-            Glibc.signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { [weak self] in self?.stop(signal: number) }
-            source.resume()
-            sources.append(source)
+    /// Call on the main thread before any other thread is started.
+    init(loop: EventLoop) throws(VMMError) {
+        SignalFD.blockInThisThread()
+        signals = try SignalFD()
+        try loop.add(signals.descriptor) { [weak self] _ in
+            guard let self else { return }
+            for number in signals.consume() { stop(signal: number) }
         }
     }
 
