@@ -25,7 +25,17 @@ let package = Package(
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
         .target(name: "Virtio", dependencies: ["VMMCore"]),
         .target(name: "ACPI", dependencies: ["VMMCore"]),
-        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "Devices", "LinuxBoot", "Virtio", "ACPI"]),
+        // Host-side kernel decompression: Debian's compression libraries, kept out of the VMM core.
+        .systemLibrary(name: "CLZMA", pkgConfig: "liblzma", providers: [.apt(["liblzma-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CBZip2", providers: [.apt(["libbz2-dev"])]),  // no .pc file: links bz2
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .target(
+            name: "KernelDecompression",
+            dependencies: ["LinuxBoot", "CLZMA", "CLZ4", "CZstd", "CZlib", "CBZip2", "CCrypto"]),
+        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "Devices", "LinuxBoot", "Virtio", "ACPI", "KernelDecompression"]),
         .executableTarget(
             name: "swiftkvm",
             dependencies: ["VMM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -37,6 +47,7 @@ let package = Package(
         .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestSupport"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
+        .testTarget(name: "KernelDecompressionTests", dependencies: ["KernelDecompression", "LinuxBoot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VMMCore", "TestSupport"]),
         .testTarget(name: "ACPITests", dependencies: ["ACPI", "VMMCore", "LinuxBoot"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
