@@ -32,9 +32,10 @@ let package = Package(
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CBZip2", providers: [.apt(["libbz2-dev"])]),  // no .pc file: links bz2
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CMalloc"),  // glibc's malloc.h (malloc_trim), nothing to link
         .target(
             name: "KernelDecompression",
-            dependencies: ["LinuxBoot", "CLZMA", "CLZ4", "CZstd", "CZlib", "CBZip2", "CCrypto"]),
+            dependencies: ["LinuxBoot", "CLZMA", "CLZ4", "CZstd", "CZlib", "CBZip2", "CCrypto", "CMalloc"]),
         .target(name: "VMM", dependencies: ["KVM", "VMMCore", "Devices", "LinuxBoot", "Virtio", "ACPI", "KernelDecompression"]),
         .executableTarget(
             name: "swiftkvm",

@@ -1,4 +1,5 @@
 import CCrypto
+import CMalloc
 import Glibc
 import LinuxBoot
 
@@ -106,3 +107,8 @@ public struct DecompressedKernelCache: Sendable {
         if !written || !closed || rename(temporary, path) != 0 { unlink(temporary) }
     }
 }
+
+/// Returns memory the allocator keeps in its free lists to the system (glibc holds on to large
+/// freed blocks once its mmap threshold has grown past them): after a kernel image and its
+/// decompressed copy are freed, so the VMM's resident memory does not keep carrying them.
+public func releaseFreedHeapMemory() { _ = malloc_trim(0) }

@@ -7,6 +7,11 @@ public struct InitrdPlacement: Equatable, Sendable {
     /// Its size in bytes.
     public let size: Int
     public var range: Range<GuestAddress> { address..<GuestAddress(address.rawValue + UInt64(size)) }
+
+    public init(address: GuestAddress, size: Int) {
+        self.address = address
+        self.size = size
+    }
 }
 
 /// What the VMM needs to start the kernel through its 64-bit entry (boot.rst, "64-bit Boot

@@ -38,7 +38,7 @@ struct Run: ParsableCommand {
               swiftkvm run --firmware Firmware/build/hello-long.bin --mode long
             """)
 
-    @Option(name: .long, help: ArgumentHelp("A Linux bzImage to boot.", valueName: "file"))
+    @Option(name: .long, help: ArgumentHelp("A Linux kernel to boot: a bzImage, or an uncompressed ELF vmlinux.", valueName: "file"))
     var kernel: String?
 
     @Option(name: .long, help: ArgumentHelp("An initramfs for the kernel.", valueName: "file"))
@@ -62,8 +62,8 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Which 8254 PIT Linux gets: kvm (in-kernel, the default) or emulated.", valueName: "kvm|emulated"))
     var pit: String = PITChoice.kvm.rawValue
 
-    @Option(name: .long, help: ArgumentHelp("Which boot-protocol entry Linux is started at: 64 (long mode, the default) or 32 (code32_start, protected mode, paging off).", valueName: "64|32"))
-    var bootEntry: String = LinuxBootEntry.bits64.rawValue
+    @Option(name: .long, help: ArgumentHelp("Which entry Linux is started at: direct (the default: a bzImage is decompressed here and started like its vmlinux, in long mode), pvh (an ELF kernel's PVH entry, 32-bit), or a bzImage's own 64 (long mode) or 32 (code32_start) entry, where it decompresses itself.", valueName: "direct|pvh|64|32"))
+    var bootEntry: String = LinuxBootEntry.direct.rawValue
 
     // .unconditional: the value itself starts with '-', which must not read as another option.
     @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("CPU features to hide from the guest, e.g. -xsave,-cx16.", valueName: "list"))
@@ -140,7 +140,7 @@ struct Run: ParsableCommand {
         let size = try memorySize(default: LinuxGuestConfiguration.defaultMemorySize)
         guard size % 4096 == 0 else { throw UsageError("--memory must be a multiple of 4 KiB") }
         guard let pitChoice = PITChoice(rawValue: pit) else { throw UsageError("--pit must be kvm or emulated, not '\(pit)'") }
-        guard let entry = LinuxBootEntry(rawValue: bootEntry) else { throw UsageError("--boot-entry must be 64 or 32, not '\(bootEntry)'") }
+        guard let entry = LinuxBootEntry(rawValue: bootEntry) else { throw UsageError("--boot-entry must be direct, pvh, 64 or 32, not '\(bootEntry)'") }
         guard cpus >= 1 else { throw UsageError("--cpus must be at least 1") }
         let policy: CPUIDPolicy
         do { policy = try CPUIDPolicy(parsing: cpuFeatures) } catch { throw UsageError("\(error)") }
@@ -159,6 +159,7 @@ struct Run: ParsableCommand {
             if case .kvm = error { throw RuntimeFailure(error.description) }
             throw UsageError(error.description)
         }
+        if let note = guest.bootNote { fputs("swiftkvm: \(note)\n", stderr) }
         let stopper = SignalStopper()
         stopper.watch(guest.machine)
         let terminal = HostTerminal()
@@ -183,7 +184,10 @@ struct Run: ParsableCommand {
         HostTerminal.restore()
         if stats {
             ConsoleOutput.flush()
-            fputs(StatisticsTable.render(report, milestones: guest.machine.milestones), stderr)
+            fputs(
+                StatisticsTable.render(
+                    report, milestones: guest.machine.milestones, memory: ResidentMemory.measure(guestMemory: guest.machine.memory)),
+                stderr)
         }
         try finish(report.outcome, signal: stopper.signal, stoppedBy: cpus > 1 ? report.stoppedBy : nil)
     }

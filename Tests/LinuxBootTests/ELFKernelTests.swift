@@ -255,3 +255,33 @@ func elfError(_ body: () throws -> Void) -> ELFKernelError? {
         #expect(linuxBootError { _ = try DirectLoader.load(kernel: try FakeELF().parse(), setupHeader: nil, initrd: [UInt8](repeating: 1, count: 9 * MiB), commandLine: line, memory: small) } != nil)
     }
 }
+
+@Suite struct PVHStartInfoTests {
+    @Test func encodesTheStructModuleListAndMemoryMap() throws {
+        let memory = try GuestMemory(layout: LinuxBootLayout.guestMemoryLayout(size: 64 * MiB))
+        let e820 = try E820Map(memory: memory)
+        let initrd = InitrdPlacement(address: 0x300_0000, size: 12345)
+        let info = PVHStartInfo(commandLine: 0x2_0000, initrd: initrd, e820: e820, rsdp: 0xE_0000)
+        try info.write(to: memory)
+        // Offsets from xen/include/public/arch-x86/hvm/start_info.h.
+        #expect(try memory.load(UInt32.self, at: 0x6000) == 0x336E_C578)
+        #expect(try memory.load(UInt32.self, at: 0x6004) == 1)
+        #expect(try memory.load(UInt32.self, at: 0x600C) == 1)  // nr_modules
+        #expect(try memory.load(UInt64.self, at: 0x6010) == 0x6040)  // modlist_paddr
+        #expect(try memory.load(UInt64.self, at: 0x6018) == 0x2_0000)  // cmdline_paddr
+        #expect(try memory.load(UInt64.self, at: 0x6020) == 0xE_0000)  // rsdp_paddr
+        #expect(try memory.load(UInt64.self, at: 0x6028) == 0x6080)  // memmap_paddr
+        #expect(try memory.load(UInt32.self, at: 0x6030) == UInt32(e820.entries.count))
+        #expect(try memory.load(UInt64.self, at: 0x6040) == 0x300_0000)
+        #expect(try memory.load(UInt64.self, at: 0x6048) == 12345)
+        for (index, entry) in e820.entries.enumerated() {
+            let base = GuestAddress(0x6080 + UInt64(index * 24))
+            #expect(try memory.load(UInt64.self, at: base) == entry.address.rawValue)
+            #expect(try memory.load(UInt64.self, at: GuestAddress(base.rawValue + 8)) == entry.size)
+            #expect(try memory.load(UInt32.self, at: GuestAddress(base.rawValue + 16)) == entry.type.rawValue)
+        }
+        #expect(PVHStartInfo.range.upperBound <= LinuxBootLayout.zeroPage)
+        let none = PVHStartInfo(commandLine: 0x2_0000, initrd: nil, e820: e820)
+        #expect(none.encoded[0].bytes[12] == 0 && none.encoded[0].bytes[16] == 0)
+    }
+}
