@@ -59,8 +59,12 @@ public struct BootKernel {
         // The payload, decompressed in the host; a format this build cannot read falls back.
         let payload: KernelPayload
         do { payload = try KernelPayload(of: bzImage) } catch {
-            guard entry == .direct else { throw .configuration(error.description) }
-            self.init(image: .bzImage(bzImage), entry: .bits64, note: Self.fallbackNote(name, error.description), decompressedFromCache: nil)
+            // No payload at all (payload_length 0) is a kernel-shaped guest such as the boot probe,
+            // made to run through its own entry: it does so, without a note, since every Linux
+            // kernel since protocol 2.08 declares its payload. A payload that points outside the
+            // image is a corrupt image.
+            guard entry == .direct, case .noPayload = error else { throw .configuration(error.description) }
+            self.init(image: .bzImage(bzImage), entry: .bits64, note: nil, decompressedFromCache: nil)
             return
         }
         guard let format = payload.compression, KernelDecompressor.supportedFormats.contains(format) else {

@@ -76,3 +76,23 @@ func referenceVmlinux(bzImage path: String, payload: KernelPayload) throws -> [U
         #expect(output == reference)
     }
 }
+
+@Suite struct RealKernelELFTests {
+    /// Both cached kernels decompress to ELF kernels whose segments start at their link address
+    /// (16 MiB, CONFIG_PHYSICAL_START) and which carry a PVH entry below 4 GiB.
+    @Test(arguments: ["test-kernel/bzImage", "stock-kernel/bzImage"])
+    func decompressedKernelsAreLoadableELF(path: String) throws {
+        guard let file = cached(path) else {
+            #expect(!isCI, "\(path) missing from \(guestCache) in CI")
+            return
+        }
+        let kernel = try BzImage(bytes: [UInt8](Data(contentsOf: URL(fileURLWithPath: file))), name: file)
+        let vmlinux = try KernelDecompressor.decompress(try KernelPayload(of: kernel), name: file)
+        let elf = try ELFKernel(bytes: vmlinux, name: file)
+        #expect(elf.entry == 0x100_0000)
+        #expect(elf.memory.lowerBound == 0x100_0000)
+        #expect(elf.memory.upperBound.rawValue - 0x100_0000 <= UInt64(kernel.initSize))
+        let pvh = try #require(elf.pvhEntry)
+        #expect(elf.memory.contains(pvh))
+    }
+}
