@@ -67,8 +67,7 @@ public struct BootKernel {
             self.init(image: .bzImage(bzImage), entry: .bits64, note: nil, decompressedFromCache: nil)
             return
         }
-        guard let format = payload.compression, KernelDecompressor.supportedFormats.contains(format) else {
-            let reason = payload.compression.map { "its \($0) payload cannot be decompressed by this build" } ?? "its payload's format is not recognised"
+        if let reason = Self.undecodable(payload) {
             guard entry == .direct else {
                 throw .configuration("\(name) cannot boot through the pvh entry: \(reason); use the 64-bit entry")
             }
@@ -105,6 +104,24 @@ public struct BootKernel {
         guard entry == .pvh, kernel.pvhEntry == nil else { return }
         throw .configuration(
             "\(name) has no PVH entry (no XEN_ELFNOTE_PHYS32_ENTRY note: the kernel was built without CONFIG_PVH): use the direct entry")
+    }
+
+    /// Why this build cannot decompress `payload`, or nil if it can.
+    static func undecodable(_ payload: KernelPayload) -> String? {
+        guard let format = payload.compression else { return "its payload's format is not recognised" }
+        return KernelDecompressor.supportedFormats.contains(format) ? nil : "its \(format) payload cannot be decompressed by this build"
+    }
+
+    /// The `note` a boot of the file at `path` through `entry` will have, found from the header and
+    /// the payload's magic alone (nothing is decompressed): for a front end that reports it before
+    /// the guest starts. Nil when there is none, or when the file does not parse (the boot then
+    /// reports that).
+    public static func fallbackNote(kernelPath path: String, entry: LinuxBootEntry) -> String? {
+        guard entry == .direct, let bytes = try? readHostFile(path), !ELFKernel.isELF(bytes),
+            let bzImage = try? BzImage(bytes: bytes, name: path), let payload = try? KernelPayload(of: bzImage),
+            let reason = undecodable(payload)
+        else { return nil }
+        return fallbackNote(path, reason)
     }
 
     private static func fallbackNote(_ name: String, _ reason: String) -> String {

@@ -83,13 +83,20 @@ public final class LinuxGuest: @unchecked Sendable {
     public let commandLine: String
     /// What the firmware tables (ACPI and MP) describe.
     public let platformDescription: PlatformDescription
+    /// The ACPI PM1 event block with its fixed power button (nil on a hardware-reduced platform).
+    public let powerEvents: PowerManagementEvents?
+    /// The keyboard controller: `reboot=k` resets through it, Ctrl-Alt-Del is typed into it.
+    public let keyboardController: I8042
     private let emulatedPIT: PIT8254?
     private let diskRunners: [VirtioDeviceRunner]
     private let clock = MonotonicClock()
 
     /// Everything up to the first instruction: files read and checked, memory laid out, kernel,
     /// initrd, command line and zero page loaded, devices placed, vCPUs created and set.
-    public init(_ configuration: LinuxGuestConfiguration, console: @escaping (UInt8) -> Void) throws(VMMError) {
+    ///
+    /// `memory`, when given, is the RAM of an earlier boot of the same configuration, kept across
+    /// a reset as a PC keeps it (it must have the size the configuration asks for).
+    public init(_ configuration: LinuxGuestConfiguration, memory reused: GuestMemory? = nil, console: @escaping (UInt8) -> Void) throws(VMMError) {
         let milestones = BootMilestones()
         self.configuration = configuration
         guard configuration.memorySize > 0, configuration.memorySize % 4096 == 0 else {
@@ -133,8 +140,15 @@ public final class LinuxGuest: @unchecked Sendable {
         try system.checkVCPUCount(configuration.cpus)
 
         let memory: GuestMemory
-        do { memory = try GuestMemory(layout: LinuxBootLayout.guestMemoryLayout(size: configuration.memorySize)) } catch {
-            throw .memory(error)
+        if let reused {
+            guard reused.size == configuration.memorySize else {
+                throw .configuration("the kept guest RAM has \(reused.size) bytes, the configuration asks for \(configuration.memorySize)")
+            }
+            memory = reused
+        } else {
+            do { memory = try GuestMemory(layout: LinuxBootLayout.guestMemoryLayout(size: configuration.memorySize)) } catch {
+                throw .memory(error)
+            }
         }
         let entryLayout = LinuxEntryLayout(entry: kernel.entry)
         do {
@@ -210,15 +224,20 @@ public final class LinuxGuest: @unchecked Sendable {
         let power = platform.power
         let powerOff = { [unowned machine] in machine.requestStop(.poweredOff) }
         switch power.model {
-        case .fixedHardware(let eventPort, let controlPort, _):
-            try machine.addPortDevice(ZeroPort(), at: eventPort, count: 4)  // PM1_STS, PM1_EN: no events
+        case .fixedHardware(let eventPort, let controlPort, let sciIRQ):
+            // PM1_STS, PM1_EN: the fixed power button, raising the SCI.
+            let events = PowerManagementEvents(sci: KVMInterruptLine(vm: vm, gsi: UInt32(sciIRQ)))
+            try machine.addPortDevice(events, at: eventPort, count: 4)
+            powerEvents = events
             try machine.addPortDevice(
                 PowerControlPort(readValue: PowerManagement.pm1ControlSCIEnable, isPowerOff: power.isPowerOff, onPowerOff: powerOff),
                 at: controlPort, count: 2)
         case .hardwareReduced(let controlPort, let statusPort):
+            powerEvents = nil
             try machine.addPortDevice(PowerControlPort(isPowerOff: power.isPowerOff, onPowerOff: powerOff), at: controlPort)
             try machine.addPortDevice(ZeroPort(), at: statusPort)
         }
+        self.keyboardController = keyboardController
         try machine.addPortDevice(keyboardController.dataPort, at: I8042.dataPortAddress)
         try machine.addPortDevice(keyboardController.commandPort, at: I8042.commandPortAddress)
         if configuration.pit == .emulated {
@@ -286,9 +305,12 @@ public final class LinuxGuest: @unchecked Sendable {
     ///
     /// When it returns, every disk's I/O thread has finished and each disk file has been synced
     /// and closed: whatever the guest wrote is on the host.
-    public func run() throws(VMMError) -> RunReport {
+    ///
+    /// With `paused`, the vCPUs start parked (`Machine.resume()` lets them go).
+    public func run(paused: Bool = false) throws(VMMError) -> RunReport {
         BootKernel.releaseFreedMemory()  // the kernel image and any decompression buffer are gone by now
         let timer = emulatedPIT.map { PITTimerThread(pit: $0, clock: clock) }
+        if let timer { machine.addWorker(timer) }
         try timer?.start()
         defer { timer?.stop() }
         defer {
@@ -296,7 +318,7 @@ public final class LinuxGuest: @unchecked Sendable {
             for disk in disks { (disk.device.storage as? FileBlockStorage)?.close() }
         }
         for runner in diskRunners { try runner.start() }
-        return try machine.run(timeLimit: configuration.timeLimit)
+        return try machine.run(timeLimit: configuration.timeLimit, paused: paused)
     }
 }
 
@@ -360,11 +382,13 @@ final class MonotonicClock: GuestClock, @unchecked Sendable {
 }
 
 /// Drives an emulated PIT: sleeps until its next deadline (or 10 ms at most), then advances it.
-final class PITTimerThread: @unchecked Sendable {
+final class PITTimerThread: PausableWorker, @unchecked Sendable {
     let pit: PIT8254
     let clock: MonotonicClock
     private let running = Atomic<Bool>(true)
+    private let started = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
+    private let gate = PauseGate()
 
     init(pit: PIT8254, clock: MonotonicClock) {
         self.pit = pit
@@ -372,8 +396,12 @@ final class PITTimerThread: @unchecked Sendable {
     }
 
     func start() throws(VMMError) {
+        started.store(true, ordering: .releasing)
         try OSThread.detached(name: "pit") { [self] in
+            defer { gate.workerEnded() }
             while running.load(ordering: .relaxed) {
+                // Paused: no ticks. The guest's clock sources stand still with its vCPUs.
+                gate.parkIfRequested()
                 let now = clock.nanoseconds
                 let next = pit.nextDeadline ?? now + 10_000_000
                 let wait = min(next > now ? next - now : 0, 10_000_000)
@@ -389,6 +417,15 @@ final class PITTimerThread: @unchecked Sendable {
 
     func stop() {
         running.store(false, ordering: .relaxed)
+        gate.resume()
         finished.wait()
     }
+
+    /// Returns within one timer period (10 ms at most), once the thread is parked.
+    func pause() {
+        guard started.load(ordering: .acquiring) else { return }
+        gate.pause {}
+    }
+
+    func resume() { gate.resume() }
 }

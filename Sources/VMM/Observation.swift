@@ -219,8 +219,9 @@ public enum StatisticsTable {
                 let tenths = (bytes * 10 + (1 << 19)) >> 20
                 return "\(tenths / 10).\(tenths % 10) MiB"
             }
-            lines.append("  resident memory (now, /proc/self/smaps)")
+            lines.append("  resident memory (last sample, /proc/self/smaps)")
             lines.append(left("    VMM (all but guest RAM)", 27) + right(mebibytes(memory.overhead), 14))
+            if let peak = memory.peakOverhead { lines.append(left("    VMM, peak while running", 27) + right(mebibytes(peak), 14)) }
             lines.append(left("    guest RAM", 27) + right(mebibytes(memory.guest), 14))
             if let peak = memory.peakTotal { lines.append(left("    peak total (VmHWM)", 27) + right(mebibytes(peak), 14)) }
         }

@@ -1,4 +1,6 @@
+import Dispatch
 import Glibc
+import Synchronization
 import VMMCore
 
 /// How much memory this process keeps resident, and how much of that is the VMM's own rather
@@ -12,14 +14,17 @@ public struct ResidentMemory: Equatable, Sendable {
     public let guest: UInt64
     /// The highest total resident size so far (VmHWM), guest RAM included; nil if unknown.
     public let peakTotal: UInt64?
+    /// The highest `overhead` a `ResidentMemorySampler` saw over a run; nil for a single measurement.
+    public let peakOverhead: UInt64?
 
     /// What the VMM itself keeps resident: everything but guest RAM.
     public var overhead: UInt64 { total >= guest ? total - guest : 0 }
 
-    public init(total: UInt64, guest: UInt64, peakTotal: UInt64?) {
+    public init(total: UInt64, guest: UInt64, peakTotal: UInt64?, peakOverhead: UInt64? = nil) {
         self.total = total
         self.guest = guest
         self.peakTotal = peakTotal
+        self.peakOverhead = peakOverhead
     }
 
     /// Measures this process now, counting the mappings that overlap `memory`'s regions as guest RAM.
@@ -83,5 +88,51 @@ public struct ResidentMemory: Equatable, Sendable {
             bytes += chunk[..<count]
         }
         return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// Samples `ResidentMemory` on a thread of its own while a VM runs and keeps the highest VMM
+/// overhead seen (the guest's mappings of whichever boot is current counted apart), for `--stats`.
+public final class ResidentMemorySampler: @unchecked Sendable {
+    // @unchecked: mutable state is in `state` (a Mutex) and `running` (an Atomic).
+    private let guestMemory: @Sendable () -> GuestMemory?
+    private let interval: Duration
+    private let running = Atomic<Bool>(true)
+    private let finished = DispatchSemaphore(value: 0)
+    private let state = Mutex<(last: ResidentMemory?, peakOverhead: UInt64)>((nil, 0))
+
+    /// `guestMemory` names the current guest RAM (nil between boots, when nothing is sampled).
+    public init(every interval: Duration = .milliseconds(500), guestMemory: @escaping @Sendable () -> GuestMemory?) {
+        self.interval = interval
+        self.guestMemory = guestMemory
+    }
+
+    public func start() throws(VMMError) {
+        try OSThread.detached(name: "rss-sampler") { [self] in
+            while running.load(ordering: .relaxed) {
+                sample()
+                var pause = timespec(tv_sec: Int(interval.components.seconds), tv_nsec: Int(interval.components.attoseconds / 1_000_000_000))
+                nanosleep(&pause, nil)
+            }
+            finished.signal()
+        }
+    }
+
+    /// Takes one sample now (if a guest is running).
+    public func sample() {
+        guard let memory = guestMemory(), let measured = ResidentMemory.measure(guestMemory: memory) else { return }
+        state.withLock { state in
+            state.last = measured
+            state.peakOverhead = max(state.peakOverhead, measured.overhead)
+        }
+    }
+
+    /// Stops the thread; the last sample with the peak overhead, or nil if none was taken.
+    public func stop() -> ResidentMemory? {
+        running.store(false, ordering: .relaxed)
+        finished.wait()
+        return state.withLock { state in
+            state.last.map { ResidentMemory(total: $0.total, guest: $0.guest, peakTotal: $0.peakTotal, peakOverhead: state.peakOverhead) }
+        }
     }
 }

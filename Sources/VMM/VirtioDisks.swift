@@ -49,7 +49,7 @@ public enum VirtioMMIOLayout {
 /// A virtio device in a running machine: its transport on the MMIO bus, its queue notifications
 /// arriving on eventfds that KVM signals (KVM_IOEVENTFD), its interrupts leaving through an irqfd,
 /// and a thread of its own doing the I/O, so no vCPU waits for the disk.
-final class VirtioDeviceRunner: @unchecked Sendable {
+final class VirtioDeviceRunner: PausableWorker, @unchecked Sendable {
     // @unchecked: `thread` is touched only by start() and stop(), called in that order by one thread.
     let transport: VirtioMMIOTransport
     let description: VirtioMMIODeviceDescription
@@ -57,6 +57,10 @@ final class VirtioDeviceRunner: @unchecked Sendable {
     private let notifications: [EventFD]
     private let stopEvent: EventFD
     private let interruptEvent: EventFD
+    /// Wakes the thread for a pause; it parks between requests, never inside one.
+    private let pauseEvent: EventFD
+    private let gate = PauseGate()
+    private let running = Atomic<Bool>(false)
     private var thread: OSThread?
 
     init(device: any VirtioDevice, name: String, at description: VirtioMMIODeviceDescription, in machine: Machine)
@@ -67,6 +71,7 @@ final class VirtioDeviceRunner: @unchecked Sendable {
         do {
             notifications = try device.maximumQueueSizes.map { _ throws(KVMError) in try EventFD() }
             stopEvent = try EventFD()
+            pauseEvent = try EventFD()
             interruptEvent = try EventFD()
             try machine.vm.registerIRQFD(interruptEvent, gsi: description.irq)
         } catch {
@@ -84,12 +89,23 @@ final class VirtioDeviceRunner: @unchecked Sendable {
                 datamatch: UInt64(index))
         }
         try machine.addMMIODevice(transport, at: GuestAddress(description.base), length: description.size)
+        machine.addWorker(self)
     }
+
+    /// Returns once the I/O thread has finished the request it was serving and is parked.
+    func pause() {
+        guard running.load(ordering: .acquiring) else { return }
+        gate.pause { pauseEvent.signal() }
+    }
+
+    func resume() { gate.resume() }
 
     /// Starts the I/O thread: it sleeps in poll(2) until a queue is notified or `stop` is called.
     func start() throws(VMMError) {
-        let descriptors = notifications.map(\.descriptor) + [stopEvent.descriptor]
+        let descriptors = notifications.map(\.descriptor) + [stopEvent.descriptor, pauseEvent.descriptor]
+        running.store(true, ordering: .releasing)
         thread = try OSThread(name: name) { [self] in
+            defer { gate.workerEnded() }
             var waiting = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
             while true {
                 let ready = poll(&waiting, nfds_t(waiting.count), -1)
@@ -97,11 +113,15 @@ final class VirtioDeviceRunner: @unchecked Sendable {
                     if errno == EINTR { continue }
                     break
                 }
+                if waiting[waiting.count - 1].revents != 0 {
+                    pauseEvent.consume()
+                    gate.parkIfRequested()
+                }
                 for (index, event) in notifications.enumerated() where waiting[index].revents != 0 {
                     event.consume()
                     transport.serve(queue: index)
                 }
-                if waiting[waiting.count - 1].revents != 0 { break }
+                if waiting[waiting.count - 2].revents != 0 { break }
             }
             // Serve what the guest made available before the stop, so no submitted write is dropped.
             for index in notifications.indices { transport.serve(queue: index) }
@@ -111,6 +131,8 @@ final class VirtioDeviceRunner: @unchecked Sendable {
     /// Stops the I/O thread and waits for the request it is serving to finish.
     func stop() {
         guard let thread else { return }
+        running.store(false, ordering: .releasing)
+        gate.resume()
         stopEvent.signal()
         thread.join()
         self.thread = nil
