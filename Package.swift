@@ -19,10 +19,17 @@ let package = Package(
     ],
     targets: [
         .target(name: "CKVM"),
+        // C: <sys/epoll.h>, <sys/timerfd.h>, <sys/signalfd.h> for the VMM's event loop (Glibc lacks them).
+        .target(name: "CEvents"),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "VMMCore"),
         // The one description of a VM (Codable), shared by the CLI, the API and importers.
         .target(name: "VMConfig"),
+        // The control API: an HTTP/1.1 server on a Unix socket and the VMController protocol the VMM
+        // implements. Foundation (JSON) and VMConfig only: no VMM, no KVM.
+        .target(name: "ControlAPI", dependencies: ["VMConfig"]),
+        .target(name: "ControlAPIMock", dependencies: ["ControlAPI", "VMConfig"]),
+        .executableTarget(name: "api-mock-server", dependencies: ["ControlAPI", "ControlAPIMock"]),
         .target(name: "Devices", dependencies: ["VMMCore"]),
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
         .target(name: "Virtio", dependencies: ["VMMCore"]),
@@ -38,10 +45,10 @@ let package = Package(
         .target(
             name: "KernelDecompression",
             dependencies: ["LinuxBoot", "CLZMA", "CLZ4", "CZstd", "CZlib", "CBZip2", "CCrypto", "CMalloc"]),
-        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI", "KernelDecompression"]),
+        .target(name: "VMM", dependencies: ["KVM", "CEvents", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI", "KernelDecompression"]),
         .executableTarget(
             name: "swiftkvm",
-            dependencies: ["VMM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["VMM", "ControlAPI", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "swiftkvm-bench", dependencies: ["VMM"]),
         // Helpers several test targets share (not a test target itself).
@@ -49,6 +56,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
         .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestSupport"]),
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"]),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "ControlAPIMock", "VMConfig"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
         .testTarget(name: "KernelDecompressionTests", dependencies: ["KernelDecompression", "LinuxBoot"]),

@@ -88,6 +88,11 @@ public final class LinuxGuest: @unchecked Sendable {
     /// The keyboard controller: `reboot=k` resets through it, Ctrl-Alt-Del is typed into it.
     public let keyboardController: I8042
     private let emulatedPIT: PIT8254?
+    private let pitTimer: PITTimer?
+    /// The event loop the emulated PIT's timer lives on: the caller's, or one of the guest's own
+    /// that `run` starts and stops.
+    private let events: EventLoop
+    private let ownsEvents: Bool
     private let diskRunners: [VirtioDeviceRunner]
     private let clock = MonotonicClock()
 
@@ -96,7 +101,20 @@ public final class LinuxGuest: @unchecked Sendable {
     ///
     /// `memory`, when given, is the RAM of an earlier boot of the same configuration, kept across
     /// a reset as a PC keeps it (it must have the size the configuration asks for).
-    public init(_ configuration: LinuxGuestConfiguration, memory reused: GuestMemory? = nil, console: @escaping (UInt8) -> Void) throws(VMMError) {
+    ///
+    /// `events` is the VMM's event loop, already running, that the emulated PIT's timer joins; the
+    /// guest makes (and `run` runs) one of its own when it is nil.
+    public init(
+        _ configuration: LinuxGuestConfiguration, memory reused: GuestMemory? = nil, events loop: EventLoop? = nil,
+        console: @escaping (UInt8) -> Void
+    ) throws(VMMError) {
+        if let loop {
+            events = loop
+            ownsEvents = false
+        } else {
+            events = try EventLoop()
+            ownsEvents = true
+        }
         let milestones = BootMilestones()
         self.configuration = configuration
         guard configuration.memorySize > 0, configuration.memorySize % 4096 == 0 else {
@@ -241,12 +259,19 @@ public final class LinuxGuest: @unchecked Sendable {
         try machine.addPortDevice(keyboardController.dataPort, at: I8042.dataPortAddress)
         try machine.addPortDevice(keyboardController.commandPort, at: I8042.commandPortAddress)
         if configuration.pit == .emulated {
-            let pit = PIT8254(clock: clock, interruptLine: KVMInterruptLine(vm: vm, gsi: PIT8254.irq))
+            let timer = try PITTimer(clock: clock, loop: events)
+            let pit = PIT8254(clock: clock, interruptLine: KVMInterruptLine(vm: vm, gsi: PIT8254.irq)) { [weak timer] in
+                timer?.rearm()
+            }
+            timer.attach(pit)
+            machine.addWorker(timer)
+            pitTimer = timer
             try machine.addPortDevice(pit, at: PIT8254.basePort, count: PIT8254.portCount)
             try machine.addPortDevice(pit.speakerPort, at: PIT8254.speakerControlPort)
             emulatedPIT = pit
         } else {
             emulatedPIT = nil
+            pitTimer = nil
         }
 
         var disks: [(device: VirtioBlock, location: VirtioMMIODeviceDescription)] = []
@@ -309,10 +334,11 @@ public final class LinuxGuest: @unchecked Sendable {
     /// With `paused`, the vCPUs start parked (`Machine.resume()` lets them go).
     public func run(paused: Bool = false) throws(VMMError) -> RunReport {
         BootKernel.releaseFreedMemory()  // the kernel image and any decompression buffer are gone by now
-        let timer = emulatedPIT.map { PITTimerThread(pit: $0, clock: clock) }
-        if let timer { machine.addWorker(timer) }
-        try timer?.start()
-        defer { timer?.stop() }
+        if ownsEvents { try events.start() }
+        defer {
+            pitTimer?.stop()
+            if ownsEvents { events.stop() }
+        }
         defer {
             for runner in diskRunners { runner.stop() }
             for disk in disks { (disk.device.storage as? FileBlockStorage)?.close() }
@@ -381,51 +407,65 @@ final class MonotonicClock: GuestClock, @unchecked Sendable {
     }
 }
 
-/// Drives an emulated PIT: sleeps until its next deadline (or 10 ms at most), then advances it.
-final class PITTimerThread: PausableWorker, @unchecked Sendable {
-    let pit: PIT8254
+/// Drives an emulated PIT from the VMM's event loop: a timerfd armed at the PIT's own next
+/// deadline, re-armed after each expiry and whenever the guest reprograms Counter 0 (the PIT's
+/// `onDeadlineChange`, on the vCPU thread). No thread of its own, no polling sleeps.
+final class PITTimer: PausableWorker, @unchecked Sendable {
+    // @unchecked: `paused` is a Mutex that also orders expiries against pause(); the rest is immutable.
     let clock: MonotonicClock
-    private let running = Atomic<Bool>(true)
-    private let started = Atomic<Bool>(false)
-    private let finished = DispatchSemaphore(value: 0)
-    private let gate = PauseGate()
+    private let timer: TimerFD
+    private let loop: EventLoop
+    private let pit = Mutex<PIT8254?>(nil)
+    private let paused = Mutex(false)
 
-    init(pit: PIT8254, clock: MonotonicClock) {
-        self.pit = pit
+    init(clock: MonotonicClock, loop: EventLoop) throws(VMMError) {
         self.clock = clock
+        self.loop = loop
+        timer = try TimerFD()
+        try loop.add(timer.descriptor) { [weak self] _ in self?.expired() }
     }
 
-    func start() throws(VMMError) {
-        started.store(true, ordering: .releasing)
-        try OSThread.detached(name: "pit") { [self] in
-            defer { gate.workerEnded() }
-            while running.load(ordering: .relaxed) {
-                // Paused: no ticks. The guest's clock sources stand still with its vCPUs.
-                gate.parkIfRequested()
-                let now = clock.nanoseconds
-                let next = pit.nextDeadline ?? now + 10_000_000
-                let wait = min(next > now ? next - now : 0, 10_000_000)
-                if wait > 0 {
-                    var pause = timespec(tv_sec: 0, tv_nsec: Int(wait))
-                    nanosleep(&pause, nil)
-                }
-                pit.advance(to: clock.nanoseconds)
-            }
-            finished.signal()
+    deinit { loop.remove(timer.descriptor) }
+
+    /// The PIT to drive (made after this timer: the PIT's `onDeadlineChange` calls `rearm`).
+    func attach(_ device: PIT8254) {
+        pit.withLock { $0 = device }
+        rearm()
+    }
+
+    /// Arms the timer for the PIT's next deadline (or disarms it when there is none). Any thread.
+    func rearm() {
+        paused.withLock { isPaused in
+            guard !isPaused, let device = pit.withLock({ $0 }) else { return }
+            timer.arm(at: device.nextDeadline)
         }
     }
 
-    func stop() {
-        running.store(false, ordering: .relaxed)
-        gate.resume()
-        finished.wait()
+    private func expired() {
+        timer.consume()
+        paused.withLock { isPaused in
+            guard !isPaused, let device = pit.withLock({ $0 }) else { return }
+            device.advance(to: clock.nanoseconds)
+            timer.arm(at: device.nextDeadline)
+        }
     }
 
-    /// Returns within one timer period (10 ms at most), once the thread is parked.
+    /// Once this returns the PIT raises no more ticks: the guest's timer stands still with its vCPUs.
     func pause() {
-        guard started.load(ordering: .acquiring) else { return }
-        gate.pause {}
+        paused.withLock { isPaused in
+            isPaused = true
+            timer.arm(at: nil)
+        }
     }
 
-    func resume() { gate.resume() }
+    func resume() {
+        paused.withLock { $0 = false }
+        rearm()
+    }
+
+    /// The run is over: no more expiries.
+    func stop() {
+        pause()
+        loop.remove(timer.descriptor)
+    }
 }

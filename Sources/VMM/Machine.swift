@@ -72,6 +72,10 @@ public final class Machine: @unchecked Sendable {
     let control = RunControl()
     /// Device workers quieted while the machine is paused, in the order they were added.
     private let workers = Mutex<[any PausableWorker]>([])
+    /// Each vCPU's figures as its thread last published them (every `livePublishInterval` exits,
+    /// and whenever it is kicked): what the API's live statistics read while the VM runs.
+    private let live = Mutex<[Int: VCPUReport]>([:])
+    static let livePublishInterval = 64
     /// How long `pause` waits for every vCPU to leave KVM_RUN by default.
     public static let pausePatience: Duration = .seconds(5)
 
@@ -137,6 +141,12 @@ public final class Machine: @unchecked Sendable {
         for (index, thread) in running.enumerated() where index < vcpus.count && pthread_equal(thread, current) == 0 {
             Kick.kick(vcpus[index], on: thread)
         }
+    }
+
+    /// Every vCPU's exits and time so far, while the machine runs (a paused vCPU published its
+    /// figures when it was kicked; a running one at most `livePublishInterval` exits ago).
+    public var liveReports: [VCPUReport] {
+        live.withLock { reports in reports.keys.sorted().compactMap { reports[$0] } }
     }
 
     /// Where the machine is: not started, running, paused or finished.
@@ -268,6 +278,7 @@ public final class Machine: @unchecked Sendable {
             return report()
         }
         var entered = false
+        var sincePublished = 0
         while true {
             // A kick sets immediate_exit; clear it before looking at why it came (see RunControl
             // for why this order cannot lose a request), then stop, park or enter the guest.
@@ -292,11 +303,19 @@ public final class Machine: @unchecked Sendable {
             inKVMRun &+= BootMilestones.now &- enteredAt
             let action = handler.handle(exit)
             trace?.record(ExitTrace.line(vcpu: index, exit: exit, device: handler.lastDevice))
+            sincePublished += 1
+            if sincePublished >= Self.livePublishInterval || { if case .interrupted = exit { true } else { false } }() {
+                sincePublished = 0
+                let snapshot = report()
+                live.withLock { $0[index] = snapshot }
+            }
             if case .stop(let outcome) = action {
                 if stop(outcome) { decidingVCPU.store(index, ordering: .releasing) }
                 break
             }
         }
-        return report()
+        let final = report()
+        live.withLock { $0[index] = final }
+        return final
     }
 }

@@ -18,6 +18,9 @@ public final class VMInstance: @unchecked Sendable {
     public let policy: RunPolicy
     /// A name for the API's `id`: the configuration's name, or "anonymous".
     public let id: String
+    /// The VMM's event loop (timers, signals): the caller's, or the instance's own, which `run` starts and stops.
+    public let events: EventLoop
+    private let ownsEvents: Bool
     private let console: @Sendable (UInt8) -> Void
 
     /// Where the instance is in its life.
@@ -62,9 +65,11 @@ public final class VMInstance: @unchecked Sendable {
     private let state = Mutex(State())
 
     /// `console` receives every byte the guest writes to COM1, from a vCPU thread: it must not block.
-    public init(_ configuration: VMConfiguration, policy: RunPolicy = RunPolicy(), console: @escaping @Sendable (UInt8) -> Void)
-        throws(VMMError)
-    {
+    /// `events` is an event loop to share (the CLI watches its signals on it); `run` starts it.
+    public init(
+        _ configuration: VMConfiguration, policy: RunPolicy = RunPolicy(), events loop: EventLoop? = nil,
+        console: @escaping @Sendable (UInt8) -> Void
+    ) throws(VMMError) {
         switch configuration.boot {
         case .firmware:
             // The unit guest's checks first (they say how program, entry and memory fit), then the rest.
@@ -75,6 +80,13 @@ public final class VMInstance: @unchecked Sendable {
         self.configuration = configuration
         self.policy = policy
         self.console = console
+        if let loop {
+            events = loop
+            ownsEvents = false
+        } else {
+            events = try EventLoop()
+            ownsEvents = true
+        }
         id = configuration.name ?? "anonymous"
     }
 
@@ -128,7 +140,11 @@ public final class VMInstance: @unchecked Sendable {
         var lastRun: RunReport?
         var milestones: BootMilestones?
         var boots = 0
-        defer { state.withLock { $0.machine = nil; $0.linux = nil } }
+        try events.start()
+        defer {
+            state.withLock { $0.machine = nil; $0.linux = nil }
+            if ownsEvents { events.stop() }
+        }
         while true {
             let remaining = deadline.map { max(.milliseconds(1), $0 - clock.now) }
             if let request = state.withLock({ $0.stopRequest }) {
@@ -140,7 +156,8 @@ public final class VMInstance: @unchecked Sendable {
             let report: RunReport
             switch configuration.boot {
             case .linux:
-                let guest = try LinuxGuest(LinuxGuestConfiguration(configuration, policy: bootPolicy), memory: memory, console: console)
+                let guest = try LinuxGuest(
+                    LinuxGuestConfiguration(configuration, policy: bootPolicy), memory: memory, events: events, console: console)
                 memory = guest.machine.memory
                 milestones = guest.machine.milestones
                 publish(machine: guest.machine, linux: guest, boot: boots)

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Glibc
 import Synchronization
+import ControlAPI
 import VMConfig
 import VMM
 
@@ -14,7 +15,7 @@ struct SwiftKVM: ParsableCommand {
             Boots a Linux bzImage with its serial console on your terminal, or runs a flat firmware \
             binary in real, protected, long or user mode. See 'swiftkvm run --help'.
             """,
-        subcommands: [Run.self])
+        subcommands: [Run.self, Serve.self])
 }
 
 struct Run: ParsableCommand {
@@ -97,6 +98,16 @@ struct Run: ParsableCommand {
 
     @Flag(name: .long, help: "Print the VM's configuration as JSON on standard output and exit without running it.")
     var printConfig = false
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Answer the control API (HTTP/1.1 + JSON, docs/api.md) on this Unix socket while the VM runs; created mode 0600, removed on exit.",
+            valueName: "path"))
+    var apiSocket: String?
+
+    @Flag(name: .long, help: "Start with the vCPUs paused, until the API resumes them (PATCH /vm {\"state\": \"Resumed\"}).")
+    var paused = false
 
     @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds (default: no limit).", valueName: "seconds"))
     var timeLimit: Double?
@@ -243,18 +254,36 @@ struct Run: ParsableCommand {
     /// its console on this terminal: output through a bounded buffer, so a stalled reader never
     /// stops the guest, and input typed into COM1 once the guest's driver reads it.
     func runInstance(_ vm: VMConfiguration, policy: RunPolicy) throws {
+        if paused, apiSocket == nil { throw UsageError("--paused needs --api-socket: nothing else could resume the VM") }
         // A reader that goes away (`| head`) must not kill the VMM before it synced the disks: its
         // writes then fail with EPIPE, and the console buffer counts what it could not deliver.
         Glibc.signal(SIGPIPE, SIG_IGN)
         let instance: VMInstance
         let output: ConsoleOutputBuffer
+        let stopper: SignalStopper
         do {
+            // Signals first: blocked here before any thread starts, so they reach only the loop.
+            let events = try EventLoop()
+            stopper = try SignalStopper(loop: events)
             output = try ConsoleOutputBuffer(descriptor: STDOUT_FILENO)
-            instance = try VMInstance(vm, policy: policy) { output.append($0) }
+            instance = try VMInstance(vm, policy: policy, events: events) { output.append($0) }
+            try events.start()
         } catch {
             throw UsageError(error.description)
         }
-        let stopper = SignalStopper()
+        var server: ControlServer?
+        if let apiSocket {
+            let started = ControlServer(path: apiSocket, controller: InstanceController(instance: instance, output: output))
+            do { try started.start() } catch { throw UsageError("--api-socket \(error)") }
+            server = started
+        }
+        defer { server?.stop() }
+        try Self.run(instance, output: output, stopper: stopper, paused: paused, stats: stats)
+    }
+
+    /// Runs `instance` to its end with the console on this terminal, then exits with its outcome's status.
+    static func run(_ instance: VMInstance, output: ConsoleOutputBuffer, stopper: SignalStopper, paused: Bool, stats: Bool) throws -> Never {
+        let vm = instance.configuration
         stopper.watch { instance.stop() }
         let isLinux = if case .linux = vm.boot { true } else { false }
         if case .linux(let linux) = vm.boot, let entry = LinuxBootEntry(rawValue: linux.entry),
@@ -280,7 +309,7 @@ struct Run: ParsableCommand {
         }
         let report: VMInstance.Report
         do {
-            report = try instance.run()
+            report = try instance.run(paused: paused)
         } catch {
             _ = sampler?.stop()
             input?.stop()
@@ -305,10 +334,9 @@ struct Run: ParsableCommand {
         try finish(report.outcome, signal: stopper.signal, stoppedBy: vm.cpus > 1 ? report.lastRun?.stoppedBy : nil)
     }
 
-    /// Prints the reason the guest ended (if it needs saying), with the vCPU it happened on when
-    /// there are several, and exits with its status.
-    func finish(_ outcome: GuestOutcome, signal: Int32?, stoppedBy vcpu: Int?) throws -> Never {
-        let (status, reason) = Self.exitStatus(for: outcome, signal: signal)
+    /// The API socket's file goes with the process, whichever way `run` ends it.
+    static func finish(_ outcome: GuestOutcome, signal: Int32?, stoppedBy vcpu: Int?) throws -> Never {
+        let (status, reason) = exitStatus(for: outcome, signal: signal)
         if let reason { printError(vcpu.map { "\(reason), on vcpu\($0)" } ?? reason) }
         throw ExitCode(status)
     }
@@ -323,7 +351,7 @@ struct Run: ParsableCommand {
         case .timedOut: return (124, outcome.description)
         case .killed: return (137, outcome.description)
         case .stopped:
-            guard let signal else { return (0, "stopped (Ctrl-A x)") }
+            guard let signal else { return (0, "stopped (Ctrl-A x or the control API)") }
             return (128 + signal, "stopped by signal \(signal)")
         case .exception, .failedEntry, .internalError, .unhandledExit, .vmmError: return (1, outcome.description)
         }
@@ -342,18 +370,19 @@ struct RuntimeFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Turns SIGINT and SIGTERM into a clean stop of the running VM.
+/// Turns SIGINT and SIGTERM into a clean stop of the running VM, through a signalfd on the VMM's
+/// event loop (the signals are blocked in every thread, so they arrive nowhere else).
 final class SignalStopper: @unchecked Sendable {
     private let state = Mutex<(stop: (@Sendable () -> Void)?, signal: Int32?)>((nil, nil))
-    private var sources: [DispatchSourceSignal] = []
+    private let signals: SignalFD
 
-    init() {
-        for number in [SIGINT, SIGTERM] {
-            Glibc.signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { [weak self] in self?.stop(signal: number) }
-            source.resume()
-            sources.append(source)
+    /// Call on the main thread before any other thread is started.
+    init(loop: EventLoop) throws(VMMError) {
+        SignalFD.blockInThisThread()
+        signals = try SignalFD()
+        try loop.add(signals.descriptor) { [weak self] _ in
+            guard let self else { return }
+            for number in signals.consume() { stop(signal: number) }
         }
     }
 

@@ -61,7 +61,7 @@ import Testing
         let page = """
             # A page
 
-            Good: `Sources/VMM/Machine.swift`, `Machine`, `Machine.run(timeLimit:)`, `GuestOutcome.exited(status:)`,
+            Good: `Sources/VMM/Machine.swift`, `Machine`, `Machine.run(timeLimit:paused:)`, `GuestOutcome.exited(status:)`,
             `UnitGuest(contentsOf: "Firmware/build/answer.bin", mode: .long)`, `.timedOut`, `Bus.Entry.label`,
             `CKVM_RUN`, `--trace`, `make test`, `Firmware/src/*.S`, `Firmware/build/hello-long.bin`, `KVM_RUN`,
             `/dev/kvm`, `swiftkvm run --firmware Firmware/build/hello-long.bin --trace`, [the index](README.md), `Firmware/src/NAME.c`.
