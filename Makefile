@@ -10,6 +10,7 @@
 #   make bench-disk   virtio-blk read throughput under swiftkvm and QEMU microvm, side by side
 #   make firmware-demo  run a firmware guest in each CPU mode
 #   make api-check  schemathesis against docs/openapi.yaml on the control API (api-mock-server and a real firmware VM)
+#   make fuzz-api   libFuzzer on the control API's HTTP request parser (FUZZ_SECONDS, default 60)
 #   make docs       DocC API documentation for each library module into .build/docs/
 #   make clean
 
@@ -20,12 +21,12 @@ SWIFT ?= swift
 export SWIFTKVM_CACHE ?= /var/cache/swiftkvm
 
 # Debian packages the build and the tests use. Installed only when missing.
-DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs acpica-tools socat \
+DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs acpica-tools socat libxml2-dev virtinst libvirt-clients \
 	liblzma-dev liblz4-dev libzstd-dev zlib1g-dev libbz2-dev libssl-dev xz-utils lz4 zstd bzip2 gzip
 # PyPI packages for `make api-check` (Tests/api/schemathesis.sh), installed only when missing.
 PIP_PACKAGES := schemathesis==4.32.5
 
-.PHONY: api-check api-deps all build release firmware baseline guest test-guest nested-lane test bench bench-linux bench-disk docs qemu demo firmware-demo deps clean
+.PHONY: api-check api-deps fuzz-api all build release firmware baseline guest test-guest nested-lane test bench bench-linux bench-disk docs qemu demo firmware-demo deps clean
 
 all: build firmware
 
@@ -109,6 +110,9 @@ api-check: api-deps firmware
 	$(SWIFT) build --product swiftkvm
 	Tests/api/schemathesis.sh --mock .build/debug/api-mock-server
 	Tests/api/schemathesis.sh --vm .build/debug/swiftkvm Firmware/build/counter-user.bin
+
+fuzz-api:
+	Tests/fuzz/fuzz-http-parser.sh
 
 # API documentation (swift-docc-plugin): one static site per library module, in .build/docs/MODULE.
 DOC_MODULES := VMM KVM VMMCore Devices LinuxBoot Virtio

@@ -30,6 +30,9 @@ let package = Package(
         .target(name: "ControlAPI", dependencies: ["VMConfig"]),
         .target(name: "ControlAPIMock", dependencies: ["ControlAPI", "VMConfig"]),
         .executableTarget(name: "api-mock-server", dependencies: ["ControlAPI", "ControlAPIMock"]),
+        // libvirt domain XML in and out of a VMConfiguration, parsed by Debian's libxml2.
+        .systemLibrary(name: "CLibXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
+        .target(name: "LibvirtXML", dependencies: ["VMConfig", "CLibXML2"]),
         .target(name: "Devices", dependencies: ["VMMCore"]),
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
         .target(name: "Virtio", dependencies: ["VMMCore"]),
@@ -48,7 +51,7 @@ let package = Package(
         .target(name: "VMM", dependencies: ["KVM", "CEvents", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI", "KernelDecompression"]),
         .executableTarget(
             name: "swiftkvm",
-            dependencies: ["VMM", "ControlAPI", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["VMM", "VMConfig", "ControlAPI", "LibvirtXML", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "swiftkvm-bench", dependencies: ["VMM"]),
         // Helpers several test targets share (not a test target itself).
@@ -57,6 +60,7 @@ let package = Package(
         .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestSupport"]),
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"]),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "ControlAPIMock", "VMConfig"]),
+        .testTarget(name: "LibvirtXMLTests", dependencies: ["LibvirtXML", "VMConfig"], exclude: ["Fixtures"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
         .testTarget(name: "KernelDecompressionTests", dependencies: ["KernelDecompression", "LinuxBoot"]),

@@ -52,17 +52,24 @@ public final class ControlServer: @unchecked Sendable {
         pthread_mutex_init(&mutex, nil)
     }
 
+    /// The server thread holds a reference while it runs, so this runs only after it has ended
+    /// (or was never started): the wake-up pipe is closed here, never while `stop()` may write to it.
     deinit {
         stop()
+        if wakeRead >= 0 { close(wakeRead) }
+        if wakeWrite >= 0 { close(wakeWrite) }
         pthread_mutex_destroy(&mutex)
     }
 
     /// Binds the socket and starts the server thread. Throws `ControlServerError` when the path
-    /// cannot be used; nothing is left behind then.
+    /// cannot be used; nothing is left behind then. A server serves once: after `stop()`, make a
+    /// new one (`start()` then throws `ControlServerError.stopped`); a second `start()` while it
+    /// runs does nothing.
     public func start() throws(ControlServerError) {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
-        guard thread == nil, !stopped else { return }
+        guard !stopped else { throw .stopped }
+        guard thread == nil else { return }
         let socketPath = try UnixSocketPath(path)
         if let existing = try socketPath.status() {
             guard existing.st_mode & S_IFMT == S_IFSOCK else { throw .notASocket(path: path) }
@@ -114,6 +121,8 @@ public final class ControlServer: @unchecked Sendable {
             errno = result
             close(pipeFDs[0])
             close(pipeFDs[1])
+            (self.wakeRead, self.wakeWrite, self.listener) = (-1, -1, -1)
+            self.socketPath = nil
             throw fail("pthread_create")
         }
         thread = created
@@ -166,9 +175,13 @@ public final class ControlServer: @unchecked Sendable {
         var clients: [Client] = []
         var scratch = [UInt8](repeating: 0, count: 64 << 10)
         let readCap = options.limits.maximumHeaderBytes + options.limits.maximumBodyBytes + (64 << 10)
+        // After accept fails for want of descriptors (EMFILE, ENFILE, ENOBUFS) the listener stays
+        // readable: it rests for 100 ms instead of spinning.
+        var acceptRestsUntil = 0.0
         serving: while true {
             var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
-            fds.append(pollfd(fd: clients.count < options.maximumClients ? listener : -1, events: Int16(POLLIN), revents: 0))
+            let accepting = clients.count < options.maximumClients && Self.monotonicSeconds() >= acceptRestsUntil
+            fds.append(pollfd(fd: accepting ? listener : -1, events: Int16(POLLIN), revents: 0))
             for client in clients {
                 var events: Int16 = 0
                 if !client.closing, !client.readClosed, client.parser.bufferedByteCount < readCap, client.pendingOutput < Self.outputHighWater { events |= Int16(POLLIN) }
@@ -177,7 +190,7 @@ public final class ControlServer: @unchecked Sendable {
             }
             let now = Self.monotonicSeconds()
             let nextExpiry = clients.map { $0.lastActivity + options.idleTimeout }.min().map { max(0, $0 - now) } ?? 1
-            let timeout = Int32(min(1000, max(1, nextExpiry * 1000)))
+            let timeout = Int32(min(accepting ? 1000 : 100, max(1, nextExpiry * 1000)))
             let ready = poll(&fds, nfds_t(fds.count), timeout)
             if ready < 0, errno != EINTR { break serving }
             if fds[0].revents != 0 { break serving }
@@ -195,7 +208,10 @@ public final class ControlServer: @unchecked Sendable {
             if fds[1].revents & Int16(POLLIN) != 0 {
                 while clients.count < options.maximumClients {
                     let fd = accept(listener, nil, nil)
-                    guard fd >= 0 else { break }
+                    guard fd >= 0 else {
+                        if errno != EAGAIN, errno != EWOULDBLOCK, errno != EINTR, errno != ECONNABORTED { acceptRestsUntil = clock + 0.1 }
+                        break
+                    }
                     Self.setNonblockingAndCloseOnExec(fd)
                     clients.append(Client(fd: fd, limits: options.limits, now: clock))
                 }
@@ -203,8 +219,6 @@ public final class ControlServer: @unchecked Sendable {
         }
         for client in clients { close(client.fd) }
         close(listener)
-        close(wakeRead)
-        close(wakeWrite)
         if let socketPath, let socketFile, let info = try? socketPath.status(),
             UInt64(info.st_dev) == socketFile.device, UInt64(info.st_ino) == socketFile.inode
         {
@@ -272,6 +286,9 @@ public final class ControlServer: @unchecked Sendable {
                 client.output += HTTPResponse.fault(error.status, error.message).serialized(keepAlive: false)
                 client.closing = true
             }
+        }
+        if !client.closing, client.parser.takeContinueRequest() {
+            client.output += Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
         }
     }
 

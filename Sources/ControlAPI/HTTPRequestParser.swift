@@ -32,6 +32,16 @@ public struct HTTPRequestParser: Sendable {
         var bodyLength: Int
     }
 
+    /// Set when a request's head asked `Expect: 100-continue` and its body has not all arrived.
+    private var continueRequested = false
+
+    /// Whether the client waits for `100 Continue` before it sends the body (RFC 9110 §10.1.1; curl
+    /// does so for bodies over 1 KiB): true once per such request, so the server answers it once.
+    public mutating func takeContinueRequest() -> Bool {
+        defer { continueRequested = false }
+        return continueRequested
+    }
+
     public init(limits: HTTPLimits = HTTPLimits()) {
         self.limits = limits
     }
@@ -63,9 +73,13 @@ public struct HTTPRequestParser: Sendable {
             if pendingHead == nil {
                 guard let head = try parseHead() else { return nil }
                 pendingHead = head
+                let expect = head.request.headers.values(for: "Expect").map { $0.lowercased() }
+                continueRequested = head.request.minorVersion == 1 && expect.contains("100-continue")
+                    && buffer.count - start < head.bodyLength
             }
             guard let head = pendingHead else { return nil }
             guard buffer.count - start >= head.bodyLength else { return nil }
+            continueRequested = false
             var request = head.request
             request.body = Array(buffer[start..<(start + head.bodyLength)])
             start += head.bodyLength

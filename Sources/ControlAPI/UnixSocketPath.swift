@@ -88,6 +88,8 @@ public enum ControlServerError: Error, Equatable, Sendable, CustomStringConverti
     /// Something that is not a socket has the path.
     case notASocket(path: String)
     case badPath(String, String)
+    /// `start()` after `stop()`: a server serves once.
+    case stopped
     /// A system call failed (`errno` as it was).
     case system(call: String, errno: Int32, path: String)
 
@@ -96,6 +98,7 @@ public enum ControlServerError: Error, Equatable, Sendable, CustomStringConverti
         case .inUse(let path): "\(path): another server is answering on this socket; stop it or choose another path"
         case .notASocket(let path): "\(path) exists and is not a socket; remove it or choose another path"
         case .badPath(let path, let why): "\(path): \(why)"
+        case .stopped: "this control server was stopped; make a new one to serve again"
         case .system(let call, let code, let path): "\(path): \(call) failed: \(String(cString: strerror(code))) (errno \(code))"
         }
     }

@@ -40,6 +40,8 @@ public protocol VMController: AnyObject, Sendable {
     /// (complete and validated: `ConfigurationDraft.makeConfiguration()`) and starts its vCPUs.
     /// Throws `.wrongState` when it has started already, `.invalid` when a host fact fails (a kernel
     /// file that does not exist, more vCPUs than KVM allows), `.internalFailure` when KVM fails.
+    /// It must not block for the VM's life: run the VM on threads of its own (e.g. `VMInstance.run`
+    /// on an OS thread) and return once the vCPUs run, so the server goes on answering.
     func start(_ configuration: VMConfiguration) throws(ControllerError)
 
     /// `PATCH /vm {"state": "Paused"}`: returns once every vCPU is parked outside `KVM_RUN` and every

@@ -44,12 +44,12 @@ struct ConsoleOutputTests {
         let result = try Self.runCounter(stdout: ends[1], seconds: 3)
         close(ends[1])
         #expect(result.status == 124, "\(result.stderr)")
-        // The guest kept printing (hundreds of lines a second even on a loaded host), none of it delivered.
+        // The guest kept printing (a line a millisecond idle, still hundreds a second on a loaded host), none of it delivered.
         let writes = try #require(Self.portWrites(result.stderr), "\(result.stderr)")
-        #expect(writes > 1000, "\(result.stderr)")
+        #expect(writes > 200, "\(result.stderr)")
         let dropped = result.stderr.split(separator: "\n").first { $0.contains("console bytes were dropped") }
         let count = dropped.flatMap { $0.split(separator: " ").compactMap { Int($0) }.first }
-        #expect(count.map { $0 > 1000 && $0 <= writes } == true, "\(result.stderr)")
+        #expect(count.map { $0 > 200 && $0 <= writes } == true, "\(result.stderr)")
         #expect(dropped?.hasSuffix("standard output did not keep up") == true, "\(result.stderr)")
     }
 
@@ -62,6 +62,6 @@ struct ConsoleOutputTests {
         // Not killed by SIGPIPE (141): the run ends at its time limit, and says what was lost.
         #expect(result.status == 124, "\(result.stderr)")
         #expect(result.stderr.contains("console bytes were dropped: the reader of standard output went away"), "\(result.stderr)")
-        #expect((Self.portWrites(result.stderr) ?? 0) > 1000, "\(result.stderr)")
+        #expect((Self.portWrites(result.stderr) ?? 0) > 200, "\(result.stderr)")
     }
 }

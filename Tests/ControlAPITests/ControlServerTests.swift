@@ -133,6 +133,8 @@ import Glibc
             ("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "T2"}"#, "cpu_template"),
             ("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "2M"}"#, "huge_pages"),
             ("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64, "smt": "no"}"#, "'smt' must be true or false"),
+            ("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": null}"#, "'huge_pages' must be a string, not null"),
+            ("PUT", "/drives/a", #"{"drive_id": "a", "path_on_host": "/a", "is_root_device": false, "is_read_only": null}"#, "'is_read_only' must be true or false, not null"),
             ("PATCH", "/vm", #"{"state": "Frozen"}"#, "\"Paused\", \"Resumed\""),
             ("PATCH", "/vm", #"{"state": 1}"#, "'state' must be a string"),
             ("PUT", "/actions", #"{"action_type": "Reboot"}"#, "'action_type' is 'Reboot'"),
@@ -224,6 +226,22 @@ import Glibc
         #expect(try api.request("GET", "/").status == 200)
     }
 
+    /// curl sends `Expect: 100-continue` for bodies over 1 KiB and waits a second for the answer.
+    @Test func expectContinueIsAnsweredBeforeTheBody() throws {
+        let api = try TestServer("continue")
+        defer { api.finish() }
+        let connection = try api.connection()
+        defer { connection.close() }
+        let body = #"{"kernel_image_path": "/k", "boot_args": "\#(String(repeating: "x", count: 2000))"}"#
+        try connection.send("PUT /boot-source HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: \(body.utf8.count)\r\n\r\n")
+        #expect(try connection.readResponse().status == 100)
+        try connection.send(body)
+        #expect(try connection.readResponse().status == 204)
+        // Sent with its body at once: no 100.
+        try connection.send("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
+        #expect(try connection.readResponse().status == 200)
+    }
+
     @Test func chunkedBodiesAre501() throws {
         let api = try TestServer("chunked")
         defer { api.finish() }
@@ -252,6 +270,51 @@ import Glibc
         }
         #expect(try api.request("GET", "/").status == 200)
         #expect(api.controller.log.isEmpty)
+    }
+
+    @Test func garbageGetsA400AndTheServerGoesOn() throws {
+        let api = try TestServer("garbage")
+        defer { api.finish() }
+        var generator = SplitMix64(seed: 42)
+        for round in 0..<20 {
+            let connection = try api.connection()
+            let noise = (0..<(64 + round * 50)).map { _ in UInt8(truncatingIfNeeded: generator.next()) } + Array("\r\n\r\n".utf8)
+            try connection.send(noise)
+            let response = try connection.readResponse()
+            #expect([400, 405, 431, 505].contains(response.status), "round \(round): \(response.status)")
+            #expect(response.fault != nil)
+            #expect(try connection.isClosedByServer())
+            connection.close()
+        }
+        #expect(try api.request("GET", "/").status == 200)
+    }
+
+    @Test func clientsBeyondTheMaximumWaitTheirTurn() throws {
+        let api = try TestServer("maximum", options: ControlServer.Options(idleTimeout: 10, maximumClients: 2))
+        defer { api.finish() }
+        let first = try api.connection()
+        let second = try api.connection()
+        try first.send(TestConnection.request("GET", "/"))
+        try second.send(TestConnection.request("GET", "/"))
+        #expect(try first.readResponse().status == 200)
+        #expect(try second.readResponse().status == 200)
+        // A third connects (the backlog takes it) but is served only once one of the two has gone.
+        let third = try api.connection()
+        defer { third.close() }
+        try third.send(TestConnection.request("GET", "/stats"))
+        var ready = pollfd(fd: third.fd, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&ready, 1, 300) == 0)
+        first.close()
+        #expect(try third.readResponse().status == 200)
+        second.close()
+    }
+
+    @Test func aStoppedServerDoesNotStartAgain() throws {
+        let api = try TestServer("restart")
+        defer { api.finish() }
+        api.server.stop()
+        #expect(throws: ControlServerError.stopped) { try api.server.start() }
+        #expect(access(api.path, F_OK) != 0)
     }
 
     @Test func aHalfClosedClientStillGetsItsAnswer() throws {

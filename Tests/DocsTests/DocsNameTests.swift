@@ -163,7 +163,9 @@ struct DocsChecker {
                 }
             }
         }
-        for tool in ["Sources/swiftkvm/main.swift", "Sources/swiftkvm-bench/Options.swift"] where exists(tool) {
+        // Every file of the swiftkvm tool declares subcommands' options (Import.swift, …).
+        let toolFiles = ((try? files.contentsOfDirectory(atPath: "\(root)/Sources/swiftkvm")) ?? []).filter { $0.hasSuffix(".swift") }.sorted()
+        for tool in toolFiles.map({ "Sources/swiftkvm/\($0)" }) + ["Sources/swiftkvm-bench/Options.swift"] where exists(tool) {
             let source = SwiftSource.withoutComments(try read(tool))
             options.formUnion(SwiftSource.declarations(in: source).members)
             // Options named explicitly, `name: .customLong("no-acpi")`, under their spelled-out name.

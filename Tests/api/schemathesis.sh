@@ -66,11 +66,17 @@ done
 
 echo "schemathesis $(schemathesis --version | awk '{print $NF}') against $socket (bridged at 127.0.0.1:$port)"
 status=0
-timeout "${SCHEMATHESIS_TIME_LIMIT:-600}" schemathesis run "$root/docs/openapi.yaml" \
+# Run from the temporary folder: schemathesis keeps a cache (.schemathesis/) in its working folder.
+case "${SCHEMATHESIS_REPORT_DIR:-}" in
+    "") report="" ;;
+    /*) report=$SCHEMATHESIS_REPORT_DIR ;;
+    *) report=$PWD/$SCHEMATHESIS_REPORT_DIR ;;
+esac
+(cd "$work" && exec timeout "${SCHEMATHESIS_TIME_LIMIT:-600}" schemathesis run "$root/docs/openapi.yaml" \
     --url "http://127.0.0.1:$port" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection \
     --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-100}" --seed 1 --workers 1 --request-timeout 10 \
-    ${SCHEMATHESIS_REPORT_DIR:+--report junit --report-dir "$SCHEMATHESIS_REPORT_DIR"} --no-color "$@" || status=$?
+    ${report:+--report junit --report-dir "$report"} --no-color "$@") || status=$?
 if [ -n "${vm:-}" ]; then
     # The VM must have lived through every request: still running, and it still answers.
     if ! kill -0 "$vm" 2>/dev/null; then
