@@ -44,7 +44,18 @@ let package = Package(
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
         .target(name: "Virtio", dependencies: ["VMMCore"]),
         .target(name: "ACPI", dependencies: ["VMMCore"]),
-        .target(name: "VMM", dependencies: ["KVM", "CEvents", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI"]),
+        // Host-side kernel decompression: Debian's compression libraries, kept out of the VMM core.
+        .systemLibrary(name: "CLZMA", pkgConfig: "liblzma", providers: [.apt(["liblzma-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CBZip2", providers: [.apt(["libbz2-dev"])]),  // no .pc file: links bz2
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CMalloc"),  // glibc's malloc.h (malloc_trim), nothing to link
+        .target(
+            name: "KernelDecompression",
+            dependencies: ["LinuxBoot", "CLZMA", "CLZ4", "CZstd", "CZlib", "CBZip2", "CCrypto", "CMalloc"]),
+        .target(name: "VMM", dependencies: ["KVM", "CEvents", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI", "KernelDecompression"]),
         // The seccomp filter: Debian's libseccomp (libseccomp-dev) and a C SIGSYS handler.
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .target(name: "CSandbox"),
@@ -63,6 +74,7 @@ let package = Package(
         .testTarget(name: "LibvirtXMLTests", dependencies: ["LibvirtXML", "VMConfig"], exclude: ["Fixtures"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
+        .testTarget(name: "KernelDecompressionTests", dependencies: ["KernelDecompression", "LinuxBoot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VMMCore", "TestSupport"]),
         .testTarget(name: "ACPITests", dependencies: ["ACPI", "VMMCore", "LinuxBoot"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),

@@ -7,6 +7,11 @@ public struct InitrdPlacement: Equatable, Sendable {
     /// Its size in bytes.
     public let size: Int
     public var range: Range<GuestAddress> { address..<GuestAddress(address.rawValue + UInt64(size)) }
+
+    public init(address: GuestAddress, size: Int) {
+        self.address = address
+        self.size = size
+    }
 }
 
 /// What the VMM needs to start the kernel through its 64-bit entry (boot.rst, "64-bit Boot
@@ -139,7 +144,14 @@ public enum LinuxLoader {
     public static func placeInitrd(
         size: Int, kernel: BzImage, above floor: GuestAddress, e820: E820Map, avoiding: [Range<GuestAddress>] = []
     ) throws(LinuxBootError) -> GuestAddress {
-        let ceiling = UInt64(kernel.initrdAddressMax) + 1  // initrd_addr_max is the last usable byte
+        try placeInitrd(size: size, ceiling: kernel.initrdAddressMax, above: floor, e820: e820, avoiding: avoiding)
+    }
+
+    /// The same, for a kernel whose `initrd_addr_max` is `initrdAddressMax`.
+    public static func placeInitrd(
+        size: Int, ceiling initrdAddressMax: UInt32, above floor: GuestAddress, e820: E820Map, avoiding: [Range<GuestAddress>] = []
+    ) throws(LinuxBootError) -> GuestAddress {
+        let ceiling = UInt64(initrdAddressMax) + 1  // initrd_addr_max is the last usable byte
         let length = UInt64(max(size, 0))
         let pageMask = LinuxBootLayout.pageSize - 1
         for entry in e820.ramEntries.reversed() {

@@ -143,18 +143,19 @@ public enum BootSource: Codable, Equatable, Sendable {
 
 /// A Linux kernel and what it is given.
 public struct LinuxBootSource: Codable, Equatable, Sendable {
-    /// The kernel file (a bzImage).
+    /// The kernel file (a bzImage, or an ELF vmlinux).
     public var kernel: String
     public var initrd: String?
     public var commandLine: String
-    /// The boot-protocol entry: `64` or `32`.
+    /// The entry: `direct` (a bzImage decompressed in the host, then started like its vmlinux),
+    /// `pvh` (an ELF kernel's PVH entry), or a bzImage's own `64` or `32` entry.
     public var entry: String
 
     /// The serial console on COM1, `reboot=k` so a guest reboot reaches the i8042, `panic=-1` so a
     /// panic reboots at once instead of hanging.
     public static let defaultCommandLine = "console=ttyS0 reboot=k panic=-1"
-    public static let defaultEntry = "64"
-    public static let entries = ["64", "32"]
+    public static let defaultEntry = "direct"
+    public static let entries = ["direct", "pvh", "64", "32"]
 
     public init(kernel: String, initrd: String? = nil, commandLine: String = Self.defaultCommandLine, entry: String = Self.defaultEntry) {
         self.kernel = kernel

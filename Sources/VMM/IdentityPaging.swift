@@ -38,12 +38,23 @@ public enum IdentityPaging {
 /// Which of the kernel's entry points the VMM starts it at (boot.rst, "32-bit Boot Protocol" and
 /// "64-bit Boot Protocol").
 public enum LinuxBootEntry: String, CaseIterable, Sendable {
-    /// The 64-bit entry, load address + 0x200, in long mode. The default: the kernel skips its
-    /// own page-table setup.
+    /// The default: a bzImage's payload is decompressed in the host and the kernel started at its
+    /// ELF entry (`startup_64`) in long mode, as the bzImage's own decompressor would start it; a
+    /// vmlinux is started the same way. See `BootKernel`.
+    case direct
+    /// A bzImage's 64-bit entry, load address + 0x200, in long mode: the kernel decompresses
+    /// itself in the guest, skipping only its own page-table setup.
     case bits64 = "64"
     /// The 32-bit entry, the load address (`code32_start`), in protected mode with paging off:
     /// how a 32-bit loader (or a BIOS loader's real-mode setup) starts the kernel.
     case bits32 = "32"
+    /// The PVH entry of an ELF kernel (a vmlinux, or a bzImage's payload decompressed in the host):
+    /// 32-bit protected mode, paging off, EBX = `hvm_start_info` (`PVHStartInfo`), as QEMU and
+    /// Cloud Hypervisor start a vmlinux.
+    case pvh
+
+    /// Whether the kernel is entered in long mode (otherwise 32-bit protected mode, paging off).
+    public var isLongMode: Bool { self == .direct || self == .bits64 }
 }
 
 /// The CPU state in which Linux's entry points expect to be called. The 64-bit entry (boot.rst,
@@ -70,7 +81,7 @@ public struct LinuxEntryLayout: Equatable, Sendable {
     public func install(in memory: GuestMemory) throws(GuestMemoryError) {
         let gdt: [UInt64] = [
             0, 0,
-            entry == .bits64
+            entry.isLongMode
                 ? 0x00AF_9B00_0000_FFFF  // 0x10 __BOOT_CS: 64-bit code, present, accessed
                 : 0x00CF_9B00_0000_FFFF,  // 0x10 __BOOT_CS: flat 32-bit code, present, accessed
             0x00CF_9300_0000_FFFF,  // 0x18 __BOOT_DS: flat data, present, accessed
@@ -84,8 +95,10 @@ public struct LinuxEntryLayout: Equatable, Sendable {
 
     /// The address to start a kernel at: the 64-bit entry (load address + 0x200) or the 32-bit one
     /// (the load address, boot.rst: "the start address of loaded 32-bit kernel").
+    /// For the direct entry, `bootInfo.entryPoint` is the ELF entry; the PVH entry comes from the
+    /// ELF note (`BootKernel.entryAddress(_:)`).
     public func entryPoint(_ bootInfo: LinuxBootInfo) -> UInt64 {
-        entry == .bits64 ? bootInfo.entryPoint.rawValue : bootInfo.kernelLoadAddress.rawValue
+        entry == .bits32 ? bootInfo.kernelLoadAddress.rawValue : bootInfo.entryPoint.rawValue
     }
 
     /// The registers that enter the kernel at `entry` with the zero page at `zeroPage`, derived
@@ -98,20 +111,21 @@ public struct LinuxEntryLayout: Equatable, Sendable {
         registers.rflags = 0x2  // IF clear
         var special = initial
         special.cs = Segment(
-            base: 0, limit: 0xFFFF_FFFF, selector: Self.bootCodeSelector, type: 0xB, defaultSize32: entry == .bits32,
-            longMode: entry == .bits64, granularity: true)
+            base: 0, limit: 0xFFFF_FFFF, selector: Self.bootCodeSelector, type: 0xB, defaultSize32: !entry.isLongMode,
+            longMode: entry.isLongMode, granularity: true)
         let data = Segment(
             base: 0, limit: 0xFFFF_FFFF, selector: Self.bootDataSelector, type: 0x3, defaultSize32: true, granularity: true)
         (special.ds, special.es, special.fs, special.gs, special.ss) = (data, data, data, data, data)
         special.gdt = DescriptorTable(base: Self.gdtAddress, limit: 4 * 8 - 1)
         special.idt = DescriptorTable(base: 0, limit: 0)
+        if entry == .pvh { registers.rbx = PVHStartInfo.address.rawValue }  // start_info.h: EBX = hvm_start_info
         switch entry {
-        case .bits64:
+        case .direct, .bits64:
             special.cr3 = Self.pageTablesAddress
             special.cr4 = 0x20  // PAE
             special.cr0 = 0x8000_0033  // PG | NE | ET | MP | PE
             special.efer = 0x500  // LME | LMA
-        case .bits32:
+        case .bits32, .pvh:
             special.cr3 = 0
             special.cr4 = 0
             special.cr0 = 0x33  // NE | ET | MP | PE: paging off

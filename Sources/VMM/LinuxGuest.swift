@@ -3,6 +3,7 @@ import Devices
 import Dispatch
 import Glibc
 import KVM
+import KernelDecompression
 import LinuxBoot
 import Synchronization
 import VMMCore
@@ -24,7 +25,7 @@ public struct LinuxGuestConfiguration: Sendable {
     public var memorySize: Int
     public var cpus: Int
     public var pit: PITChoice
-    /// Which entry point the kernel is started at; the 64-bit one unless a test wants the other.
+    /// Which entry point the kernel is started at: `.direct` (host-side decompression) by default.
     public var entry: LinuxBootEntry
     public var cpuid: CPUIDPolicy
     /// virtio-blk disks, in order: /dev/vda, /dev/vdb, …
@@ -46,7 +47,7 @@ public struct LinuxGuestConfiguration: Sendable {
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = LinuxGuestConfiguration.defaultCommandLine,
         memorySize: Int = LinuxGuestConfiguration.defaultMemorySize, cpus: Int = 1, pit: PITChoice = .kvm,
-        entry: LinuxBootEntry = .bits64, cpuid: CPUIDPolicy = CPUIDPolicy(), disks: [DiskConfiguration] = [],
+        entry: LinuxBootEntry = .direct, cpuid: CPUIDPolicy = CPUIDPolicy(), disks: [DiskConfiguration] = [],
         trace: ExitTrace? = nil, acpi: Bool = true, timeLimit: Duration? = nil
     ) {
         self.kernelPath = kernelPath
@@ -73,6 +74,9 @@ public final class LinuxGuest: @unchecked Sendable {
     /// COM1: guest output goes to the `console` closure, `serial.enqueueInput` feeds the guest.
     public let serial: Serial16550
     public let bootInfo: LinuxBootInfo
+    /// The entry the kernel was started at, and a line about it when that is not the one asked for.
+    public let entry: LinuxBootEntry
+    public let bootNote: String?
     /// The virtio-blk devices, in --disk order, and where each sits.
     public let disks: [(device: VirtioBlock, location: VirtioMMIODeviceDescription)]
     /// The command line the kernel was given: the user's, plus the virtio-mmio devices.
@@ -118,11 +122,10 @@ public final class LinuxGuest: @unchecked Sendable {
         }
         guard configuration.cpus >= 1 else { throw .configuration("--cpus must be at least 1") }
 
-        let kernelBytes = try readHostFile(configuration.kernelPath)
-        let kernel: BzImage
-        do { kernel = try BzImage(bytes: kernelBytes, name: configuration.kernelPath) } catch {
-            throw .configuration(error.description)
-        }
+        let kernel = try BootKernel(
+            bytes: try readHostFile(configuration.kernelPath), name: configuration.kernelPath, entry: configuration.entry,
+            cache: DecompressedKernelCache(directory: DecompressedKernelCache.defaultDirectory))
+        (entry, bootNote) = (kernel.entry, kernel.note)
         var initrd: [UInt8]?
         if let path = configuration.initrdPath { initrd = try readHostFile(path) }
         // Disks are opened before anything else is set up, so a bad one is reported before boot.
@@ -165,10 +168,10 @@ public final class LinuxGuest: @unchecked Sendable {
                 throw .memory(error)
             }
         }
-        let entryLayout = LinuxEntryLayout(entry: configuration.entry)
+        let entryLayout = LinuxEntryLayout(entry: kernel.entry)
         do {
-            bootInfo = try LinuxLoader.load(
-                kernel: kernel, initrd: initrd, commandLine: commandLine, memory: memory,
+            bootInfo = try kernel.load(
+                initrd: initrd, commandLine: commandLine, memory: memory,
                 reserved: [
                     GuestAddress(LinuxEntryLayout.gdtAddress)..<GuestAddress(LinuxEntryLayout.gdtAddress + 32),
                     GuestAddress(LinuxEntryLayout.pageTablesAddress)..<GuestAddress(
@@ -195,6 +198,7 @@ public final class LinuxGuest: @unchecked Sendable {
             try tables.write(to: memory)
             if configuration.acpi {
                 try memory.store(tables.rsdpAddress.rawValue, at: GuestAddress(bootInfo.zeroPage.rawValue + UInt64(BootParams.Offset.acpiRsdpAddr)))
+                if kernel.entry == .pvh { try memory.store(tables.rsdpAddress.rawValue, at: GuestAddress(PVHStartInfo.address.rawValue + PVHStartInfo.rsdpOffset)) }
             } else {
                 for table in tables.acpiTables { try memory.fill(0, count: table.bytes.count, at: table.address) }
             }
@@ -295,7 +299,7 @@ public final class LinuxGuest: @unchecked Sendable {
                 }
                 if index == 0 {
                     let (registers, special) = entryLayout.cpuState(
-                        entry: entryLayout.entryPoint(bootInfo), zeroPage: bootInfo.zeroPage.rawValue,
+                        entry: kernel.entryAddress(bootInfo), zeroPage: bootInfo.zeroPage.rawValue,
                         from: try vcpu.specialRegisters())
                     try vcpu.setSpecialRegisters(special)
                     try vcpu.setRegisters(registers)
@@ -329,6 +333,7 @@ public final class LinuxGuest: @unchecked Sendable {
     ///
     /// With `paused`, the vCPUs start parked (`Machine.resume()` lets them go).
     public func run(paused: Bool = false) throws(VMMError) -> RunReport {
+        BootKernel.releaseFreedMemory()  // the kernel image and any decompression buffer are gone by now
         if ownsEvents { try events.start() }
         defer {
             pitTimer?.stop()

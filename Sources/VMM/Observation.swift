@@ -188,12 +188,13 @@ public struct VCPUReport: Sendable {
 
 /// `--stats`: the table printed when a run ends.
 public enum StatisticsTable {
-    public static func render(_ report: RunReport, milestones: BootMilestones?) -> String {
-        render(duration: report.duration, statistics: report.statistics, vcpus: report.vcpus, milestones: milestones)
+    public static func render(_ report: RunReport, milestones: BootMilestones?, memory: ResidentMemory? = nil) -> String {
+        render(duration: report.duration, statistics: report.statistics, vcpus: report.vcpus, milestones: milestones, memory: memory)
     }
 
     public static func render(
-        duration: Duration, statistics: ExitStatistics, vcpus: [VCPUReport], milestones: BootMilestones?
+        duration: Duration, statistics: ExitStatistics, vcpus: [VCPUReport], milestones: BootMilestones?,
+        memory: ResidentMemory? = nil
     ) -> String {
         let report = (duration: duration, statistics: statistics, vcpus: vcpus)
         var lines = ["swiftkvm statistics (\(seconds(report.duration)) s of guest run)"]
@@ -226,6 +227,17 @@ public enum StatisticsTable {
             for (milestone, after) in milestones.sinceStart {
                 lines.append(left("    " + milestone.rawValue, 27) + right("\(seconds(after)) s", 14))
             }
+        }
+        if let memory {
+            func mebibytes(_ bytes: UInt64) -> String {
+                let tenths = (bytes * 10 + (1 << 19)) >> 20
+                return "\(tenths / 10).\(tenths % 10) MiB"
+            }
+            lines.append("  resident memory (last sample, /proc/self/smaps)")
+            lines.append(left("    VMM (all but guest RAM)", 27) + right(mebibytes(memory.overhead), 14))
+            if let peak = memory.peakOverhead { lines.append(left("    VMM, peak while running", 27) + right(mebibytes(peak), 14)) }
+            lines.append(left("    guest RAM", 27) + right(mebibytes(memory.guest), 14))
+            if let peak = memory.peakTotal { lines.append(left("    peak total (VmHWM)", 27) + right(mebibytes(peak), 14)) }
         }
         return lines.joined(separator: "\n") + "\n"
     }

@@ -46,5 +46,5 @@ public func readHostFile(_ path: String, limit: Int = 1 << 32) throws(VMMError) 
         if count == 0 { break }
         done += count
     }
-    return Array(bytes.prefix(done))
+    return done == bytes.count ? bytes : Array(bytes.prefix(done))  // no second copy of a whole file
 }

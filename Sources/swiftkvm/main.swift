@@ -40,7 +40,7 @@ struct Run: ParsableCommand {
               swiftkvm run --firmware Firmware/build/hello-long.bin --mode long
             """)
 
-    @Option(name: .long, help: ArgumentHelp("A Linux bzImage to boot.", valueName: "file"))
+    @Option(name: .long, help: ArgumentHelp("A Linux kernel to boot: a bzImage, or an uncompressed ELF vmlinux.", valueName: "file"))
     var kernel: String?
 
     @Option(name: .long, help: ArgumentHelp("An initramfs for the kernel.", valueName: "file"))
@@ -64,7 +64,7 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Which 8254 PIT Linux gets: kvm (in-kernel, the default) or emulated.", valueName: "kvm|emulated"))
     var pit: String?
 
-    @Option(name: .long, help: ArgumentHelp("Which boot-protocol entry Linux is started at: 64 (long mode, the default) or 32 (code32_start, protected mode, paging off).", valueName: "64|32"))
+    @Option(name: .long, help: ArgumentHelp("Which entry Linux is started at: direct (the default: a bzImage is decompressed here and started like its vmlinux, in long mode), pvh (an ELF kernel's PVH entry, 32-bit), or a bzImage's own 64 (long mode) or 32 (code32_start) entry, where it decompresses itself.", valueName: "direct|pvh|64|32"))
     var bootEntry: String?
 
     // .unconditional: the value itself starts with '-', which must not read as another option.
@@ -144,7 +144,7 @@ struct Run: ParsableCommand {
         case (.some, .some): throw UsageError("give either --kernel or --firmware, not both")
         case (let kernel?, nil):
             if let entry = bootEntry, !LinuxBootSource.entries.contains(entry) {
-                throw UsageError("--boot-entry must be 64 or 32, not '\(entry)'")
+                throw UsageError("--boot-entry must be direct, pvh, 64 or 32, not '\(entry)'")
             }
             boot = .linux(
                 LinuxBootSource(
@@ -291,6 +291,13 @@ struct Run: ParsableCommand {
         let vm = instance.configuration
         stopper.watch { instance.stop() }
         let isLinux = if case .linux = vm.boot { true } else { false }
+        if case .linux(let linux) = vm.boot, let entry = LinuxBootEntry(rawValue: linux.entry),
+            let note = BootKernel.fallbackNote(kernelPath: linux.kernel, entry: entry)
+        {
+            printError(note)  // the payload cannot be decompressed here: the guest decompresses it
+        }
+        let sampler = stats ? ResidentMemorySampler { [instance] in instance.machine?.memory } : nil
+        try? sampler?.start()
         let terminal = HostTerminal()
         var input: ConsoleInputPump?
         if isLinux {
@@ -309,6 +316,7 @@ struct Run: ParsableCommand {
         do {
             report = try instance.run(paused: paused)
         } catch {
+            _ = sampler?.stop()
             input?.stop()
             HostTerminal.restore()
             output.finish()
@@ -320,9 +328,11 @@ struct Run: ParsableCommand {
         input?.stop()
         HostTerminal.restore()
         let dropped = output.finish()
+        let memory = sampler?.stop()
         if stats, let run = report.lastRun {
             fputs(
-                StatisticsTable.render(duration: run.duration, statistics: run.statistics, vcpus: run.vcpus, milestones: report.milestones),
+                StatisticsTable.render(
+                    duration: run.duration, statistics: run.statistics, vcpus: run.vcpus, milestones: report.milestones, memory: memory),
                 stderr)
         }
         if let dropped { printError(dropped) }

@@ -88,7 +88,7 @@ import Testing
             (["--cpus", "0"], "--cpus must be at least 1"),
             (["--cpus", "100000"], "vCPUs swiftkvm can describe to a guest"),
             (["--pit", "hpet"], "--pit must be kvm or emulated"),
-            (["--boot-entry", "16"], "--boot-entry must be 64 or 32"),
+            (["--boot-entry", "16"], "--boot-entry must be direct, pvh, 64 or 32"),
             (["--cpu-features", "-warpdrive"], "unknown feature 'warpdrive'"),
         ] {
             let result = try SwiftKVMProcess.run(["run", "--kernel", Paths.testKernel] + options)

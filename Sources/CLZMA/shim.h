@@ -1,0 +1,2 @@
+// Debian liblzma-dev: the .xz and legacy .lzma decoders.
+#include <lzma.h>

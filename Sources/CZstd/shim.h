@@ -1,0 +1,3 @@
+// Debian libzstd-dev: zstd frames.
+#include <zstd.h>
+#include <zstd_errors.h>

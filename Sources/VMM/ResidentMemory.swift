@@ -1,0 +1,138 @@
+import Dispatch
+import Glibc
+import Synchronization
+import VMMCore
+
+/// How much memory this process keeps resident, and how much of that is the VMM's own rather
+/// than guest RAM: from /proc/self/smaps (proc(5)), the `Rss:` of every mapping, with the
+/// mappings that hold guest RAM counted apart; and the peak resident size (`VmHWM:` in
+/// /proc/self/status), which includes guest RAM.
+public struct ResidentMemory: Equatable, Sendable {
+    /// Resident bytes of every mapping.
+    public let total: UInt64
+    /// Resident bytes of the guest-RAM mappings.
+    public let guest: UInt64
+    /// The highest total resident size so far (VmHWM), guest RAM included; nil if unknown.
+    public let peakTotal: UInt64?
+    /// The highest `overhead` a `ResidentMemorySampler` saw over a run; nil for a single measurement.
+    public let peakOverhead: UInt64?
+
+    /// What the VMM itself keeps resident: everything but guest RAM.
+    public var overhead: UInt64 { total >= guest ? total - guest : 0 }
+
+    public init(total: UInt64, guest: UInt64, peakTotal: UInt64?, peakOverhead: UInt64? = nil) {
+        self.total = total
+        self.guest = guest
+        self.peakTotal = peakTotal
+        self.peakOverhead = peakOverhead
+    }
+
+    /// Measures this process now, counting the mappings that overlap `memory`'s regions as guest RAM.
+    /// Nil if /proc/self/smaps cannot be read.
+    public static func measure(guestMemory memory: GuestMemory) -> ResidentMemory? {
+        let guestRanges = memory.regions.map { region -> Range<UInt64> in
+            let start = UInt64(UInt(bitPattern: region.host))
+            return start..<start + UInt64(region.size)
+        }
+        guard let smaps = readProcFile("/proc/self/smaps") else { return nil }
+        let status = readProcFile("/proc/self/status")
+        return parse(smaps: smaps, status: status, guestRanges: guestRanges)
+    }
+
+    /// The figures in `smaps` (and `status`, for the peak), with mappings overlapping `guestRanges`
+    /// (host addresses) counted as guest RAM.
+    public static func parse(smaps: String, status: String?, guestRanges: [Range<UInt64>]) -> ResidentMemory {
+        var total: UInt64 = 0
+        var guest: UInt64 = 0
+        var inGuestMapping = false
+        for line in smaps.split(separator: "\n", omittingEmptySubsequences: true) {
+            if let range = mappingRange(line) {
+                inGuestMapping = guestRanges.contains { $0.overlaps(range) }
+            } else if line.hasPrefix("Rss:"), let bytes = kilobytes(line) {
+                total &+= bytes
+                if inGuestMapping { guest &+= bytes }
+            }
+        }
+        let peak = status?.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }.flatMap(kilobytes)
+        return ResidentMemory(total: total, guest: guest, peakTotal: peak)
+    }
+
+    /// A mapping's header line, `start-end perms offset dev inode [path]`: its address range.
+    static func mappingRange(_ line: Substring) -> Range<UInt64>? {
+        guard let space = line.firstIndex(of: " "), let dash = line[..<space].firstIndex(of: "-") else { return nil }
+        guard let start = UInt64(line[..<dash], radix: 16), let end = UInt64(line[line.index(after: dash)..<space], radix: 16),
+            start <= end
+        else { return nil }
+        return start..<end
+    }
+
+    /// `Name:   123 kB` in bytes.
+    static func kilobytes(_ line: Substring) -> UInt64? {
+        let words = line.split(separator: " ", omittingEmptySubsequences: true)
+        guard words.count >= 3, words[2] == "kB", let value = UInt64(words[1]) else { return nil }
+        let (bytes, overflow) = value.multipliedReportingOverflow(by: 1024)
+        return overflow ? nil : bytes
+    }
+
+    /// A /proc file's text (they report size 0, so read until the end), at most 64 MiB.
+    static func readProcFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while bytes.count < 64 << 20 {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0, errno == EINTR { continue }
+            guard count > 0 else { break }
+            bytes += chunk[..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// Samples `ResidentMemory` on a thread of its own while a VM runs and keeps the highest VMM
+/// overhead seen (the guest's mappings of whichever boot is current counted apart), for `--stats`.
+public final class ResidentMemorySampler: @unchecked Sendable {
+    // @unchecked: mutable state is in `state` (a Mutex) and `running` (an Atomic).
+    private let guestMemory: @Sendable () -> GuestMemory?
+    private let interval: Duration
+    private let running = Atomic<Bool>(true)
+    private let finished = DispatchSemaphore(value: 0)
+    private let state = Mutex<(last: ResidentMemory?, peakOverhead: UInt64)>((nil, 0))
+
+    /// `guestMemory` names the current guest RAM (nil between boots, when nothing is sampled).
+    public init(every interval: Duration = .milliseconds(500), guestMemory: @escaping @Sendable () -> GuestMemory?) {
+        self.interval = interval
+        self.guestMemory = guestMemory
+    }
+
+    public func start() throws(VMMError) {
+        try OSThread.detached(name: "rss-sampler") { [self] in
+            while running.load(ordering: .relaxed) {
+                sample()
+                var pause = timespec(tv_sec: Int(interval.components.seconds), tv_nsec: Int(interval.components.attoseconds / 1_000_000_000))
+                nanosleep(&pause, nil)
+            }
+            finished.signal()
+        }
+    }
+
+    /// Takes one sample now (if a guest is running).
+    public func sample() {
+        guard let memory = guestMemory(), let measured = ResidentMemory.measure(guestMemory: memory) else { return }
+        state.withLock { state in
+            state.last = measured
+            state.peakOverhead = max(state.peakOverhead, measured.overhead)
+        }
+    }
+
+    /// Stops the thread; the last sample with the peak overhead, or nil if none was taken.
+    public func stop() -> ResidentMemory? {
+        running.store(false, ordering: .relaxed)
+        finished.wait()
+        return state.withLock { state in
+            state.last.map { ResidentMemory(total: $0.total, guest: $0.guest, peakTotal: $0.peakTotal, peakOverhead: state.peakOverhead) }
+        }
+    }
+}
