@@ -30,13 +30,16 @@ public struct ResidentMemory: Equatable, Sendable {
     /// Measures this process now, counting the mappings that overlap `memory`'s regions as guest RAM.
     /// Nil if /proc/self/smaps cannot be read.
     public static func measure(guestMemory memory: GuestMemory) -> ResidentMemory? {
-        let guestRanges = memory.regions.map { region -> Range<UInt64> in
+        guard let smaps = readProcFile("/proc/self/smaps") else { return nil }
+        return parse(smaps: smaps, status: readProcFile("/proc/self/status"), guestRanges: guestRanges(of: memory))
+    }
+
+    /// The host address ranges of `memory`'s regions.
+    static func guestRanges(of memory: GuestMemory) -> [Range<UInt64>] {
+        memory.regions.map { region -> Range<UInt64> in
             let start = UInt64(UInt(bitPattern: region.host))
             return start..<start + UInt64(region.size)
         }
-        guard let smaps = readProcFile("/proc/self/smaps") else { return nil }
-        let status = readProcFile("/proc/self/status")
-        return parse(smaps: smaps, status: status, guestRanges: guestRanges)
     }
 
     /// The figures in `smaps` (and `status`, for the peak), with mappings overlapping `guestRanges`
@@ -79,6 +82,14 @@ public struct ResidentMemory: Equatable, Sendable {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
+        return readProcFile(descriptor: fd)
+    }
+
+    /// A /proc file's text from an open descriptor, read again from its start (procfs makes the
+    /// text anew on each read from offset 0), so a sampler opens it once, before the seccomp filter
+    /// forbids opening files.
+    static func readProcFile(descriptor fd: Int32) -> String? {
+        guard lseek(fd, 0, SEEK_SET) == 0 else { return nil }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while bytes.count < 64 << 20 {
@@ -100,11 +111,21 @@ public final class ResidentMemorySampler: @unchecked Sendable {
     private let running = Atomic<Bool>(true)
     private let finished = DispatchSemaphore(value: 0)
     private let state = Mutex<(last: ResidentMemory?, peakOverhead: UInt64)>((nil, 0))
+    /// /proc/self/smaps and /proc/self/status, opened once here (-1 if they could not be).
+    private let smaps: Int32
+    private let status: Int32
 
     /// `guestMemory` names the current guest RAM (nil between boots, when nothing is sampled).
     public init(every interval: Duration = .milliseconds(500), guestMemory: @escaping @Sendable () -> GuestMemory?) {
         self.interval = interval
         self.guestMemory = guestMemory
+        smaps = open("/proc/self/smaps", O_RDONLY | O_CLOEXEC)
+        status = open("/proc/self/status", O_RDONLY | O_CLOEXEC)
+    }
+
+    deinit {
+        if smaps >= 0 { close(smaps) }
+        if status >= 0 { close(status) }
     }
 
     public func start() throws(VMMError) {
@@ -120,7 +141,10 @@ public final class ResidentMemorySampler: @unchecked Sendable {
 
     /// Takes one sample now (if a guest is running).
     public func sample() {
-        guard let memory = guestMemory(), let measured = ResidentMemory.measure(guestMemory: memory) else { return }
+        guard smaps >= 0, let memory = guestMemory(), let text = ResidentMemory.readProcFile(descriptor: smaps) else { return }
+        let measured = ResidentMemory.parse(
+            smaps: text, status: status >= 0 ? ResidentMemory.readProcFile(descriptor: status) : nil,
+            guestRanges: ResidentMemory.guestRanges(of: memory))
         state.withLock { state in
             state.last = measured
             state.peakOverhead = max(state.peakOverhead, measured.overhead)

@@ -36,6 +36,18 @@ import Testing
         #expect(!on.stderr.contains("seccomp"), "\(on.stderr)")
     }
 
+    /// A run long enough for threads to free large buffers (the --stats sampler reads smaps every
+    /// half second): glibc's malloc then probes /proc/sys/vm/overcommit_memory, which the filter
+    /// must refuse quietly (EACCES), not stop the VMM over.
+    @Test(.enabled(if: KVM.shouldRun, KVM.skipReason))
+    func aLongRunWithStatisticsKeepsWithinTheFilter() throws {
+        let result = try SwiftKVMProcess.run(
+            ["run", "--firmware", Paths.firmware("counter-user"), "--mode", "user", "--time-limit", "3", "--stats"])
+        #expect(result.status == 124, "\(result.stderr)")
+        #expect(!result.stderr.contains("seccomp"), "\(result.stderr)")
+        #expect(result.stderr.contains("resident memory"), "\(result.stderr)")
+    }
+
     @Test func aBadValueIsAUsageError() throws {
         let result = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("hello-long"), "--seccomp", "maybe"])
         #expect(result.status == 2)
