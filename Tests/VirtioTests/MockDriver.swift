@@ -18,19 +18,27 @@ struct MockDriver {
     let memory: GuestMemory
     let queueSize: UInt16
     // Queue areas and a data arena, all inside the 1 MiB of test RAM.
-    let descriptorTable: UInt64 = 0x1000
-    let availableRing: UInt64 = 0x3000
-    let usedRing: UInt64 = 0x4000
-    var nextFree: UInt64 = 0x10000
+    let descriptorTable: UInt64
+    let availableRing: UInt64
+    let usedRing: UInt64
+    var nextFree: UInt64
     var availableIndex: UInt16 = 0
     var nextDescriptor: UInt16 = 0
+    /// The queue this driver drives (a device with several queues gets one driver per queue, each
+    /// with its own areas and arena: `areas` moves them by that many bytes).
+    let queueIndex: UInt32
 
-    static func makeMemory() -> GuestMemory { try! GuestMemory(size: 1 << 20) }
+    static func makeMemory(size: Int = 1 << 20) -> GuestMemory { try! GuestMemory(size: size) }
 
-    init(transport: VirtioMMIOTransport, queueSize: UInt16 = 16) {
+    init(transport: VirtioMMIOTransport, queueSize: UInt16 = 16, queueIndex: UInt32 = 0, areas: UInt64 = 0, arena: UInt64 = 0x10000) {
         self.transport = transport
         self.memory = transport.memory
         self.queueSize = queueSize
+        self.queueIndex = queueIndex
+        descriptorTable = 0x1000 + areas
+        availableRing = 0x3000 + areas
+        usedRing = 0x4000 + areas
+        nextFree = arena
     }
 
     // MARK: registers
@@ -55,7 +63,7 @@ struct MockDriver {
     /// The §3.1.1 sequence up to DRIVER_OK, accepting `features` (all offered ones by default) and
     /// setting up queue 0. Returns whether FEATURES_OK stuck.
     @discardableResult
-    func initialize(features: UInt64? = nil, size: UInt16? = nil) -> Bool {
+    func initialize(features: UInt64? = nil, size: UInt16? = nil, alsoSetUp others: [MockDriver] = []) -> Bool {
         write(0x70, 0)
         write(0x70, Virtio.Status.acknowledge)
         write(0x70, Virtio.Status.acknowledge | Virtio.Status.driver)
@@ -67,12 +75,13 @@ struct MockDriver {
         write(0x70, Virtio.Status.acknowledge | Virtio.Status.driver | Virtio.Status.featuresOK)
         guard read(0x70) & Virtio.Status.featuresOK != 0 else { return false }
         setUpQueue(size: size ?? queueSize)
+        for other in others { other.setUpQueue(size: other.queueSize) }
         write(0x70, Virtio.Status.acknowledge | Virtio.Status.driver | Virtio.Status.featuresOK | Virtio.Status.driverOK)
         return true
     }
 
     func setUpQueue(size: UInt16, descriptors: UInt64? = nil, available: UInt64? = nil, used: UInt64? = nil) {
-        write(0x30, 0)
+        write(0x30, queueIndex)
         write(0x38, UInt32(size))
         let table = descriptors ?? descriptorTable
         let avail = available ?? availableRing
@@ -127,7 +136,7 @@ struct MockDriver {
         try! memory.store(availableIndex, at: GuestAddress(availableRing + 2))
     }
 
-    func notify() { write(0x50, 0) }
+    func notify() { write(0x50, queueIndex) }
 
     var usedIndex: UInt16 { try! memory.load(UInt16.self, at: GuestAddress(usedRing + 2)) }
 
