@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Targets follow the direction of dependencies described in docs/architecture.md:
-//   CKVM ← KVM ← VMM → Devices, LinuxBoot, Virtio → VMMCore; ACPI → VMMCore
+//   CKVM ← KVM ← VMM → Devices, LinuxBoot, Virtio → VMMCore; ACPI → VMMCore; VMM → VMConfig
 // Only KVM calls into CKVM's ioctls; Devices and VMMCore never see /dev/kvm, so they (and the
 // loader and the virtqueue code) are testable anywhere.
 let package = Package(
@@ -21,11 +21,13 @@ let package = Package(
         .target(name: "CKVM"),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "VMMCore"),
+        // The one description of a VM (Codable), shared by the CLI, the API and importers.
+        .target(name: "VMConfig"),
         .target(name: "Devices", dependencies: ["VMMCore"]),
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
         .target(name: "Virtio", dependencies: ["VMMCore"]),
         .target(name: "ACPI", dependencies: ["VMMCore"]),
-        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "Devices", "LinuxBoot", "Virtio", "ACPI"]),
+        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI"]),
         .executableTarget(
             name: "swiftkvm",
             dependencies: ["VMM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -35,6 +37,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
         .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestSupport"]),
+        .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VMMCore", "TestSupport"]),

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Glibc
 import Synchronization
+import VMConfig
 import VMM
 
 /// `swiftkvm`: runs guests on /dev/kvm.
@@ -44,8 +45,8 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("An initramfs for the kernel.", valueName: "file"))
     var initrd: String?
 
-    @Option(name: .long, help: ArgumentHelp("The kernel command line.", valueName: "text"))
-    var cmdline: String = LinuxGuestConfiguration.defaultCommandLine
+    @Option(name: .long, help: ArgumentHelp("The kernel command line (default: \(LinuxBootSource.defaultCommandLine)).", valueName: "text"))
+    var cmdline: String?
 
     @Option(
         name: .long,
@@ -56,39 +57,49 @@ struct Run: ParsableCommand {
 
     @Option(
         name: .long,
-        help: "Number of vCPUs. Linux starts the others itself (INIT/SIPI); --firmware starts on every one at its entry point.")
-    var cpus: Int = 1
+        help: "Number of vCPUs (default: 1). Linux starts the others itself (INIT/SIPI); --firmware starts on every one at its entry point.")
+    var cpus: Int?
 
     @Option(name: .long, help: ArgumentHelp("Which 8254 PIT Linux gets: kvm (in-kernel, the default) or emulated.", valueName: "kvm|emulated"))
-    var pit: String = PITChoice.kvm.rawValue
+    var pit: String?
 
     @Option(name: .long, help: ArgumentHelp("Which boot-protocol entry Linux is started at: 64 (long mode, the default) or 32 (code32_start, protected mode, paging off).", valueName: "64|32"))
-    var bootEntry: String = LinuxBootEntry.bits64.rawValue
+    var bootEntry: String?
 
     // .unconditional: the value itself starts with '-', which must not read as another option.
     @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("CPU features to hide from the guest, e.g. -xsave,-cx16.", valueName: "list"))
-    var cpuFeatures: String = ""
+    var cpuFeatures: String?
 
     @Option(name: .long, help: ArgumentHelp("A flat binary to run instead of a kernel.", valueName: "file"))
     var firmware: String?
 
-    @Option(name: .long, help: "Firmware: the CPU mode the guest starts in: real, protected, long or user.")
-    var mode: String = "long"
+    @Option(name: .long, help: "Firmware: the CPU mode the guest starts in: real, protected, long (the default) or user.")
+    var mode: String?
 
     @Option(name: .long, help: ArgumentHelp("Guest RAM, e.g. 256M, 1G (default: 256M for Linux, 2M for firmware).", valueName: "size"))
     var memory: String?
 
-    @Option(name: .long, help: ArgumentHelp("Firmware: guest address the binary is copied to.", valueName: "address"))
-    var load: String = "0"
+    @Option(name: .long, help: ArgumentHelp("Firmware: guest address the binary is copied to (default: 0).", valueName: "address"))
+    var load: String?
 
     @Option(name: .long, help: ArgumentHelp("Firmware: guest address of the first instruction (default: the load address).", valueName: "address"))
     var entry: String?
 
-    @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds (default: no limit).", valueName: "seconds"))
-    var timeLimit: Double?
-
     @Flag(name: .customLong("no-acpi"), help: "Give a Linux guest no ACPI tables (the MP table and virtio_mmio.device= words remain, for kernels built without ACPI).")
     var noACPI = false
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Run the VM a JSON file describes (as --print-config writes it), instead of the options above that describe a VM.",
+            valueName: "file"))
+    var config: String?
+
+    @Flag(name: .long, help: "Print the VM's configuration as JSON on standard output and exit without running it.")
+    var printConfig = false
+
+    @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds (default: no limit).", valueName: "seconds"))
+    var timeLimit: Double?
 
     @Flag(name: .long, help: "Print every exit, one line each (vCPU, reason, port or address, size, data, device), on standard error.")
     var trace = false
@@ -100,17 +111,109 @@ struct Run: ParsableCommand {
     var stats = false
 
     func run() throws {
-        switch (kernel, firmware) {
-        case (nil, nil): throw UsageError("nothing to run: give --kernel BZIMAGE (Linux) or --firmware FILE (a flat binary)")
-        case (.some, .some): throw UsageError("give either --kernel or --firmware, not both")
-        case (let kernel?, nil): try runLinux(kernel: kernel)
-        case (nil, let firmware?): try runFirmware(firmware)
+        let configuration = try config.map(Self.loadConfiguration) ?? configurationFromOptions()
+        if config != nil { try checkNoVMOptions() }
+        if printConfig {
+            print(try ConfigurationFile.encode(configuration))
+            return
+        }
+        let policy = RunPolicy(trace: try exitTrace(), timeLimit: try parsedTimeLimit())
+        switch configuration.boot {
+        case .linux: try runLinux(configuration, policy: policy)
+        case .firmware: try runFirmware(configuration, policy: policy)
         }
     }
 
-    /// --memory, checked against the host's RAM; `fallback` when not given.
-    func memorySize(default fallback: Int) throws -> Int {
-        guard let memory else { return fallback }
+    /// The VM the options describe, with each bad option worded as the option.
+    func configurationFromOptions() throws -> VMConfiguration {
+        let boot: BootSource
+        switch (kernel, firmware) {
+        case (nil, nil): throw UsageError("nothing to run: give --kernel BZIMAGE (Linux) or --firmware FILE (a flat binary), or --config FILE")
+        case (.some, .some): throw UsageError("give either --kernel or --firmware, not both")
+        case (let kernel?, nil):
+            if let entry = bootEntry, !LinuxBootSource.entries.contains(entry) {
+                throw UsageError("--boot-entry must be 64 or 32, not '\(entry)'")
+            }
+            boot = .linux(
+                LinuxBootSource(
+                    kernel: absolutePath(kernel), initrd: initrd.map(absolutePath), commandLine: cmdline ?? LinuxBootSource.defaultCommandLine,
+                    entry: bootEntry ?? LinuxBootSource.defaultEntry))
+        case (nil, let firmware?):
+            let mode = mode ?? "long"
+            guard FirmwareBootSource.modes.contains(mode) else {
+                throw UsageError("--mode must be real, protected, long or user, not '\(mode)'")
+            }
+            let load = load ?? "0"
+            guard let loadAddress = CommandLineValues.address(load) else {
+                throw UsageError("--load '\(load)' is not an address: write it like 0x7c00 or 31744")
+            }
+            var entryAddress: UInt64?
+            if let entry {
+                guard let parsed = CommandLineValues.address(entry) else {
+                    throw UsageError("--entry '\(entry)' is not an address: write it like 0x7c00 or 31744")
+                }
+                entryAddress = parsed
+            }
+            boot = .firmware(FirmwareBootSource(path: absolutePath(firmware), mode: mode, loadAddress: loadAddress, entry: entryAddress))
+        }
+        var configuration = VMConfiguration(boot: boot)
+        if let size = try memorySize() { configuration.memoryBytes = size }
+        if case .linux = boot, configuration.memoryBytes % 4096 != 0 { throw UsageError("--memory must be a multiple of 4 KiB") }
+        if let cpus {
+            guard cpus >= 1 else { throw UsageError("--cpus must be at least 1") }
+            guard cpus <= VMConfiguration.maximumCPUs else {
+                throw UsageError("--cpus \(cpus) is more than the \(VMConfiguration.maximumCPUs) vCPUs swiftkvm can describe to a guest")
+            }
+            configuration.cpus = cpus
+        }
+        if let pit {
+            guard let model = PITModel(rawValue: pit) else { throw UsageError("--pit must be kvm or emulated, not '\(pit)'") }
+            configuration.pit = model
+        }
+        if let cpuFeatures {
+            do { _ = try CPUIDPolicy(parsing: cpuFeatures) } catch { throw UsageError("\(error)") }
+            configuration.cpuFeatures = cpuFeatures.split(separator: ",").map { String($0.filter { $0 != " " }).lowercased() }
+                .filter { !$0.isEmpty }
+        }
+        configuration.acpi = !noACPI
+        do {
+            configuration.disks = try disk.map { argument throws(VMMError) in
+                let parsed = try DiskConfiguration(argument: argument)
+                return DiskConfig(path: absolutePath(parsed.path), readOnly: parsed.readOnly)
+            }
+        } catch {
+            throw UsageError(error.description)
+        }
+        if case .firmware = boot, !configuration.disks.isEmpty { throw UsageError("--disk is for Linux guests (--kernel)") }
+        return configuration
+    }
+
+    /// --config replaces the options that describe a VM: giving both is ambiguous.
+    func checkNoVMOptions() throws {
+        let given: [(String, Bool)] = [
+            ("--kernel", kernel != nil), ("--initrd", initrd != nil), ("--cmdline", cmdline != nil), ("--disk", !disk.isEmpty),
+            ("--cpus", cpus != nil), ("--pit", pit != nil), ("--boot-entry", bootEntry != nil), ("--cpu-features", cpuFeatures != nil),
+            ("--firmware", firmware != nil), ("--mode", mode != nil), ("--memory", memory != nil), ("--load", load != nil),
+            ("--entry", entry != nil), ("--no-acpi", noACPI),
+        ]
+        let clashing = given.filter(\.1).map(\.0)
+        if !clashing.isEmpty {
+            throw UsageError("--config describes the whole VM: drop \(clashing.joined(separator: ", ")) (or edit the file)")
+        }
+    }
+
+    static func loadConfiguration(_ path: String) throws -> VMConfiguration {
+        let bytes: [UInt8]
+        do { bytes = try readHostFile(path, limit: ConfigurationFile.maximumSize) } catch { throw UsageError(error.description) }
+        let configuration: VMConfiguration
+        do { configuration = try ConfigurationFile.decode(bytes) } catch { throw UsageError("\(path): \(error)") }
+        do { try configuration.validate() } catch { throw UsageError("\(path): \(error)") }
+        return configuration
+    }
+
+    /// --memory, checked against the host's RAM; nil when not given.
+    func memorySize() throws -> Int? {
+        guard let memory else { return nil }
         guard let size = CommandLineValues.size(memory), size > 0 else {
             throw UsageError("--memory '\(memory)' is not a size: write it like 256M, 64K or 1G")
         }
@@ -136,21 +239,10 @@ struct Run: ParsableCommand {
         return .milliseconds(Int64(timeLimit * 1000))
     }
 
-    func runLinux(kernel: String) throws {
-        let size = try memorySize(default: LinuxGuestConfiguration.defaultMemorySize)
-        guard size % 4096 == 0 else { throw UsageError("--memory must be a multiple of 4 KiB") }
-        guard let pitChoice = PITChoice(rawValue: pit) else { throw UsageError("--pit must be kvm or emulated, not '\(pit)'") }
-        guard let entry = LinuxBootEntry(rawValue: bootEntry) else { throw UsageError("--boot-entry must be 64 or 32, not '\(bootEntry)'") }
-        guard cpus >= 1 else { throw UsageError("--cpus must be at least 1") }
-        let policy: CPUIDPolicy
-        do { policy = try CPUIDPolicy(parsing: cpuFeatures) } catch { throw UsageError("\(error)") }
-        let disks: [DiskConfiguration]
-        do { disks = try disk.map { argument throws(VMMError) in try DiskConfiguration(argument: argument) } } catch {
-            throw UsageError(error.description)
-        }
-        let configuration = LinuxGuestConfiguration(
-            kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, memorySize: size, cpus: cpus, pit: pitChoice,
-            entry: entry, cpuid: policy, disks: disks, trace: try exitTrace(), acpi: !noACPI, timeLimit: try parsedTimeLimit())
+    func runLinux(_ vm: VMConfiguration, policy: RunPolicy) throws {
+        let configuration: LinuxGuestConfiguration
+        do { configuration = try LinuxGuestConfiguration(vm, policy: policy) } catch { throw UsageError(error.description) }
+        let cpus = configuration.cpus
 
         let guest: LinuxGuest
         do {
@@ -188,35 +280,10 @@ struct Run: ParsableCommand {
         try finish(report.outcome, signal: stopper.signal, stoppedBy: cpus > 1 ? report.stoppedBy : nil)
     }
 
-    func runFirmware(_ firmware: String) throws {
-        guard let cpuMode = CPUMode(rawValue: mode) else {
-            throw UsageError("--mode must be real, protected, long or user, not '\(mode)'")
-        }
-        let size = try memorySize(default: UnitGuest.defaultMemorySize)
-        guard let loadAddress = CommandLineValues.address(load) else {
-            throw UsageError("--load '\(load)' is not an address: write it like 0x7c00 or 31744")
-        }
-        var entryAddress: UInt64?
-        if let entry {
-            guard let parsed = CommandLineValues.address(entry) else {
-                throw UsageError("--entry '\(entry)' is not an address: write it like 0x7c00 or 31744")
-            }
-            entryAddress = parsed
-        }
-        let limit = try parsedTimeLimit()
-        guard cpus >= 1 else { throw UsageError("--cpus must be at least 1") }
-
-        var guest: UnitGuest
-        do {
-            guest = try UnitGuest(
-                contentsOf: firmware, mode: cpuMode, memorySize: size, loadAddress: GuestAddress(loadAddress),
-                entry: entryAddress.map { GuestAddress($0) }, timeLimit: limit)
-            guest.cpus = cpus
-            try guest.validate()
-        } catch {
-            throw UsageError("\(error)")
-        }
-        guest.trace = try exitTrace()
+    func runFirmware(_ vm: VMConfiguration, policy: RunPolicy) throws {
+        let guest: UnitGuest
+        do { guest = try UnitGuest(vm, policy: policy) } catch { throw UsageError("\(error)") }
+        let cpus = guest.cpus
 
         let stopper = SignalStopper()
         let result: GuestRun
@@ -323,6 +390,15 @@ final class SignalStopper: @unchecked Sendable {
         }
         machine?.requestStop(.stopped)
     }
+}
+
+/// `path` from the current directory, so a printed configuration works from anywhere.
+func absolutePath(_ path: String) -> String {
+    guard !path.isEmpty, !path.hasPrefix("/") else { return path }
+    guard let directory = getcwd(nil, 0) else { return path }
+    defer { free(directory) }
+    let base = String(cString: directory)
+    return (base == "/" ? "" : base) + "/" + (path.hasPrefix("./") ? String(path.dropFirst(2)) : path)
 }
 
 func printError(_ line: String) {
