@@ -19,6 +19,8 @@ let package = Package(
     ],
     targets: [
         .target(name: "CKVM"),
+        // C: <linux/if_tun.h> constants and ioctl shims for the tap backend.
+        .target(name: "CNet"),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "VMMCore"),
         // The one description of a VM (Codable), shared by the CLI, the API and importers.
@@ -27,7 +29,7 @@ let package = Package(
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
         .target(name: "Virtio", dependencies: ["VMMCore"]),
         .target(name: "ACPI", dependencies: ["VMMCore"]),
-        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI"]),
+        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI", "CNet"]),
         .executableTarget(
             name: "swiftkvm",
             dependencies: ["VMM", .product(name: "ArgumentParser", package: "swift-argument-parser")]

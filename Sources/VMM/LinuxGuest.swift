@@ -5,6 +5,7 @@ import Glibc
 import KVM
 import LinuxBoot
 import Synchronization
+import VMConfig
 import VMMCore
 import Virtio
 
@@ -29,6 +30,8 @@ public struct LinuxGuestConfiguration: Sendable {
     public var cpuid: CPUIDPolicy
     /// virtio-blk disks, in order: /dev/vda, /dev/vdb, …
     public var disks: [DiskConfiguration]
+    /// virtio-net interfaces, in order (eth0, eth1, …), on virtio-mmio after the disks.
+    public var networkInterfaces: [NetworkInterfaceConfig] = []
     /// Where to write one line per exit (`--trace`); nil for none.
     public var trace: ExitTrace?
     /// Whether the guest gets ACPI tables (RSDP, XSDT, FADT, MADT, DSDT), as distribution kernels
@@ -81,6 +84,9 @@ public final class LinuxGuest: @unchecked Sendable {
     public let platformDescription: PlatformDescription
     private let emulatedPIT: PIT8254?
     private let diskRunners: [VirtioDeviceRunner]
+    /// The virtio-net devices, in order, with their backends and workers.
+    public var networkDevices: [VirtioNet] { nics.map(\.device) }
+    private let nics: [(device: VirtioNet, attachment: NetworkAttachment, runner: VirtioDeviceRunner)]
     private let clock = MonotonicClock()
 
     /// Everything up to the first instruction: files read and checked, memory laid out, kernel,
@@ -101,8 +107,9 @@ public final class LinuxGuest: @unchecked Sendable {
         var initrd: [UInt8]?
         if let path = configuration.initrdPath { initrd = try readHostFile(path) }
         // Disks are opened before anything else is set up, so a bad one is reported before boot.
-        guard configuration.disks.count <= VirtioMMIOLayout.interrupts.count else {
-            throw .configuration("at most \(VirtioMMIOLayout.interrupts.count) disks are supported, not \(configuration.disks.count)")
+        let virtioCount = configuration.disks.count + configuration.networkInterfaces.count
+        guard virtioCount <= VirtioMMIOLayout.interrupts.count else {
+            throw .configuration("at most \(VirtioMMIOLayout.interrupts.count) disks and network interfaces are supported, not \(virtioCount)")
         }
         var storages: [FileBlockStorage] = []
         for disk in configuration.disks {
@@ -110,7 +117,15 @@ public final class LinuxGuest: @unchecked Sendable {
                 throw .configuration(error.description)
             }
         }
-        let locations = configuration.disks.indices.compactMap(VirtioMMIOLayout.device)
+        // NICs too: a missing tap, a tap in use, no passt, a port taken are all reported before boot.
+        var attachments: [NetworkAttachment] = []
+        for (index, interface) in configuration.networkInterfaces.enumerated() {
+            do { attachments.append(try NetworkAttachment(interface, index: index)) } catch {
+                for attachment in attachments { attachment.close() }
+                throw error
+            }
+        }
+        let locations = (0..<virtioCount).compactMap(VirtioMMIOLayout.device)
         let fullCommandLine = ([configuration.commandLine] + locations.map(\.commandLineArgument)).filter { !$0.isEmpty }
             .joined(separator: " ")
         let commandLine: KernelCommandLine
@@ -235,6 +250,12 @@ public final class LinuxGuest: @unchecked Sendable {
         }
         self.disks = disks
         diskRunners = runners
+        var nics: [(device: VirtioNet, attachment: NetworkAttachment, runner: VirtioDeviceRunner)] = []
+        for (index, attachment) in attachments.enumerated() {
+            let (device, runner) = try attachment.makeRunner(at: locations[disks.count + index], index: index, in: machine)
+            nics.append((device, attachment, runner))
+        }
+        self.nics = nics
 
         var cpuid = configuration.cpuid
         cpuid.tscDeadlineTimer = system.checkExtension(KVMCapability.tscDeadlineTimer) > 0
@@ -289,8 +310,13 @@ public final class LinuxGuest: @unchecked Sendable {
         defer {
             for runner in diskRunners { runner.stop() }
             for disk in disks { (disk.device.storage as? FileBlockStorage)?.close() }
+            for nic in nics {
+                nic.runner.stop()
+                nic.attachment.close()
+            }
         }
         for runner in diskRunners { try runner.start() }
+        for nic in nics { try nic.runner.start() }
         return try machine.run(timeLimit: configuration.timeLimit)
     }
 }

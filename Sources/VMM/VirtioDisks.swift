@@ -57,13 +57,17 @@ final class VirtioDeviceRunner: @unchecked Sendable {
     private let notifications: [EventFD]
     private let stopEvent: EventFD
     private let interruptEvent: EventFD
+    private let inputs: [VirtioDeviceInput]
     private var thread: OSThread?
 
-    init(device: any VirtioDevice, name: String, at description: VirtioMMIODeviceDescription, in machine: Machine)
-        throws(VMMError)
-    {
+    /// `inputs`: descriptors from outside the guest (a NIC's backend) the worker also waits on.
+    init(
+        device: any VirtioDevice, name: String, at description: VirtioMMIODeviceDescription, in machine: Machine,
+        inputs: [VirtioDeviceInput] = []
+    ) throws(VMMError) {
         self.description = description
         self.name = name
+        self.inputs = inputs
         do {
             notifications = try device.maximumQueueSizes.map { _ throws(KVMError) in try EventFD() }
             stopEvent = try EventFD()
@@ -86,13 +90,28 @@ final class VirtioDeviceRunner: @unchecked Sendable {
         try machine.addMMIODevice(transport, at: GuestAddress(description.base), length: description.size)
     }
 
-    /// Starts the I/O thread: it sleeps in poll(2) until a queue is notified or `stop` is called.
+    /// Starts the I/O thread: it sleeps in poll(2) until a queue is notified, an input the device
+    /// wants becomes readable, or `stop` is called.
     func start() throws(VMMError) {
         let descriptors = notifications.map(\.descriptor) + [stopEvent.descriptor]
         thread = try OSThread(name: name) { [self] in
             var waiting = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            waiting += inputs.map { _ in pollfd(fd: -1, events: Int16(POLLIN), revents: 0) }
+            let stopIndex = notifications.count
             while true {
-                let ready = poll(&waiting, nfds_t(waiting.count), -1)
+                // An input is waited on only while the device is live and wants it (poll skips a
+                // negative descriptor), so a backend with data the device cannot take yet never spins.
+                var timeout: Int32 = -1
+                if transport.isLive {
+                    for (index, input) in inputs.enumerated() {
+                        let state = input.state()
+                        waiting[stopIndex + 1 + index].fd = state.descriptor ?? -1
+                        if state.buffered { timeout = 0 }
+                    }
+                } else {
+                    for index in inputs.indices { waiting[stopIndex + 1 + index].fd = -1 }
+                }
+                let ready = poll(&waiting, nfds_t(waiting.count), timeout)
                 if ready < 0 {
                     if errno == EINTR { continue }
                     break
@@ -101,7 +120,10 @@ final class VirtioDeviceRunner: @unchecked Sendable {
                     event.consume()
                     transport.serve(queue: index)
                 }
-                if waiting[waiting.count - 1].revents != 0 { break }
+                for (index, input) in inputs.enumerated() where waiting[stopIndex + 1 + index].revents != 0 || (ready == 0 && timeout == 0) {
+                    transport.serve(queue: input.queue)
+                }
+                if waiting[stopIndex].revents != 0 { break }
             }
             // Serve what the guest made available before the stop, so no submitted write is dropped.
             for index in notifications.indices { transport.serve(queue: index) }
@@ -115,6 +137,15 @@ final class VirtioDeviceRunner: @unchecked Sendable {
         thread.join()
         self.thread = nil
     }
+}
+
+/// Something outside the guest that a device's I/O worker waits on besides the queue notifications:
+/// when `state()` gives a descriptor and it turns readable (or `buffered` says input is already
+/// waiting in the process), queue `queue` is served.
+struct VirtioDeviceInput: Sendable {
+    var queue: Int
+    /// Asked before every wait, on the worker thread: the descriptor to wait on now (nil: none).
+    var state: @Sendable () -> (descriptor: Int32?, buffered: Bool)
 }
 
 /// A virtio interrupt edge: one write to an irqfd, and KVM injects it.

@@ -1,0 +1,6 @@
+#include "CNet.h"
+#include <sys/ioctl.h>
+
+int cnet_ioctl_pointer(int fd, unsigned long request, void *argument) { return ioctl(fd, request, argument); }
+
+int cnet_ioctl_value(int fd, unsigned long request, unsigned long value) { return ioctl(fd, request, value); }
