@@ -36,7 +36,7 @@ let package = Package(
         ),
         .executableTarget(name: "swiftkvm-bench", dependencies: ["VMM"]),
         // Helpers several test targets share (not a test target itself).
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Virtio", "VMMCore"], path: "Tests/TestSupport"),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
         .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestSupport"]),
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"]),
@@ -44,7 +44,7 @@ let package = Package(
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VMMCore", "TestSupport"]),
         .testTarget(name: "ACPITests", dependencies: ["ACPI", "VMMCore", "LinuxBoot"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: []),
         // docs/ and the READMEs name only files and types that exist (reads the tree; no module).
         .testTarget(name: "DocsTests", dependencies: []),

@@ -37,7 +37,8 @@ public final class TapBackend: PollableNetworkBackend, @unchecked Sendable {
             throw .configuration("'\(name)' is not an interface name (1 to \(CNET_IFNAMSIZ - 1) characters, no '/' or spaces)")
         }
         self.name = name
-        let existed = access("/sys/class/net/\(name)", F_OK) == 0
+        // Asked through a socket, so in this thread's network namespace (/sys may show another).
+        let existed = if_nametoindex(name) != 0
         let fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else {
             let error = errno

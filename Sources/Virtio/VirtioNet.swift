@@ -142,9 +142,11 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
         precondition(macAddress.count == 6, "a MAC address is 6 bytes")
         self.backend = backend
         self.macAddress = macAddress
+        // MRG_RXBUF is the device's own business (it spreads a frame over chains and sets
+        // num_buffers), so every backend gets it; the offloads need a backend that takes the header.
         features =
-            Virtio.Feature.version1 | Feature.mac | Feature.status
-            | (backend.carriesVirtioHeader ? Feature.offloads | Feature.mergeableReceiveBuffers : 0)
+            Virtio.Feature.version1 | Feature.mac | Feature.status | Feature.mergeableReceiveBuffers
+            | (backend.carriesVirtioHeader ? Feature.offloads : 0)
         // struct virtio_net_config (§5.1.4): mac[6], status (le16); the rest needs features not offered.
         configurationSpace = macAddress + [UInt8(Self.linkUp), 0]
         frame = [UInt8](repeating: 0, count: Self.maximumFrameLength)

@@ -1,5 +1,6 @@
 import Synchronization
 import Testing
+import TestSupport
 import VMMCore
 @testable import Virtio
 
@@ -82,7 +83,9 @@ let emptyHeader = [UInt8](repeating: 0, count: VirtioNet.headerLength)
     @Test func announcesANetworkDeviceWithItsMACAndLinkUp() {
         let fixture = NetFixture()
         #expect(fixture.rx.read(0x008) == 1)
-        #expect(fixture.device.features == Virtio.Feature.version1 | VirtioNet.Feature.mac | VirtioNet.Feature.status)
+        #expect(
+            fixture.device.features
+                == Virtio.Feature.version1 | VirtioNet.Feature.mac | VirtioNet.Feature.status | VirtioNet.Feature.mergeableReceiveBuffers)
         #expect(fixture.device.configurationSpace == NetFixture.mac + [1, 0])
         // Byte reads of the configuration space, as virtio_mmio's vm_get does.
         var mac: [UInt8] = []
@@ -230,7 +233,7 @@ let emptyHeader = [UInt8](repeating: 0, count: VirtioNet.headerLength)
     }
 
     @Test func aFrameTooLongForAChainWithoutMRGRXBUFIsDropped() {
-        var fixture = NetFixture()
+        var fixture = NetFixture(features: Virtio.Feature.version1 | VirtioNet.Feature.mac)
         fixture.backend.queue(ethernetFrame(1514))
         fixture.backend.queue(ethernetFrame(100))
         let small = fixture.offerReceive([200], notify: false)

@@ -8,6 +8,7 @@
 #include <sys/ioctl.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
+#include <linux/sched.h>
 #include <stddef.h>
 
 // MARK: - tap ioctls (Documentation/networking/tuntap.rst)
@@ -36,5 +37,11 @@ static const unsigned long CNET_IFNAMSIZ = IFNAMSIZ;
 
 int cnet_ioctl_pointer(int fd, unsigned long request, void *argument);
 int cnet_ioctl_value(int fd, unsigned long request, unsigned long value);
+
+// MARK: - Network namespaces (setns(2); glibc's Swift module map leaves it out)
+
+static const int CNET_CLONE_NEWNET = CLONE_NEWNET;
+/// Moves the calling thread into the namespace `fd` refers to; returns what setns(2) returns.
+int cnet_setns(int fd, int nstype);
 
 #endif
