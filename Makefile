@@ -19,7 +19,7 @@ SWIFT ?= swift
 export SWIFTKVM_CACHE ?= /var/cache/swiftkvm
 
 # Debian packages the build and the tests use. Installed only when missing.
-DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs acpica-tools
+DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs acpica-tools passt iproute2 python3
 
 .PHONY: all build release firmware baseline guest test-guest nested-lane test bench bench-linux bench-disk docs qemu demo firmware-demo deps clean
 
