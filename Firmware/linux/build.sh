@@ -288,7 +288,7 @@ build_test_initramfs() {
 
 # --- (c) Debian's stock kernel + module initramfs ------------------------------------
 
-STOCK_MODULES="virtio virtio_ring virtio_mmio virtio_pci virtio_blk crc32c_generic ext4 pvpanic pvpanic_mmio"
+STOCK_MODULES="virtio virtio_ring virtio_mmio virtio_pci virtio_blk virtio_net crc32c_generic ext4 pvpanic pvpanic_mmio"
 
 build_stock() {
 	ensure_installed gzip xz-utils zstd kmod python3
