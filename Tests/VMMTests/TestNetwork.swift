@@ -27,7 +27,8 @@ final class TestNamespace: @unchecked Sendable {
     func remove() {
         for child in children where child.isRunning {
             kill(child.processIdentifier, SIGTERM)
-            child.waitUntilExit()
+            for _ in 0..<200 where child.isRunning { usleep(10_000) }
+            if child.isRunning { kill(child.processIdentifier, SIGKILL) }
         }
         children.removeAll()
         _ = try? Self.run(Self.ipPath ?? "ip", ["netns", "del", name])
@@ -50,6 +51,7 @@ final class TestNamespace: @unchecked Sendable {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.ipPath ?? "ip")
         process.arguments = ["netns", "exec", name] + arguments
+        process.standardInput = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -75,30 +77,34 @@ final class TestNamespace: @unchecked Sendable {
     }
 
     /// Runs a program to completion (bounded by `timeout` seconds), returning its standard output.
+    /// Output goes through files, not pipes: a pipe's end inherited by a long-lived child started at
+    /// the same moment by another test would keep it from ever reaching end-of-file.
     @discardableResult
     static func run(_ path: String, _ arguments: [String], timeout: Double = 30) throws -> String {
+        let base = "/tmp/swk-run-\(getpid())-\(UInt64.random(in: 0..<UInt64.max))"
+        FileManager.default.createFile(atPath: base + ".out", contents: nil)
+        FileManager.default.createFile(atPath: base + ".err", contents: nil)
+        defer {
+            unlink(base + ".out")
+            unlink(base + ".err")
+        }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
-        let output = Pipe()
-        let errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle(forWritingAtPath: base + ".out")
+        process.standardError = FileHandle(forWritingAtPath: base + ".err")
         try process.run()
         let deadline = Date().addingTimeInterval(timeout)
-        var collected = Data()
-        while process.isRunning, Date() < deadline {
-            usleep(10_000)
-        }
+        while process.isRunning, Date() < deadline { usleep(10_000) }
         if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
+            kill(process.processIdentifier, SIGKILL)
+            for _ in 0..<100 where process.isRunning { usleep(10_000) }
             throw VMMError.configuration("\(path) \(arguments.joined(separator: " ")) ran past \(timeout) s")
         }
-        collected = output.fileHandleForReading.readDataToEndOfFile()
-        let text = String(decoding: collected, as: UTF8.self)
+        let text = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
         guard process.terminationStatus == 0 else {
-            let problem = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            let problem = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
             throw VMMError.configuration("\(path) \(arguments.joined(separator: " ")) failed (\(process.terminationStatus)): \(problem)")
         }
         return text
