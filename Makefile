@@ -9,6 +9,8 @@
 #   make bench-linux  boot the test kernel under swiftkvm (both PITs) and QEMU microvm, taking turns
 #   make bench-disk   virtio-blk read throughput under swiftkvm and QEMU microvm, side by side
 #   make firmware-demo  run a firmware guest in each CPU mode
+#   make api-check  schemathesis against docs/openapi.yaml on the control API (api-mock-server and a real firmware VM)
+#   make fuzz-api   libFuzzer on the control API's HTTP request parser (FUZZ_SECONDS, default 60)
 #   make docs       DocC API documentation for each library module into .build/docs/
 #   make clean
 
@@ -19,9 +21,11 @@ SWIFT ?= swift
 export SWIFTKVM_CACHE ?= /var/cache/swiftkvm
 
 # Debian packages the build and the tests use. Installed only when missing.
-DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs acpica-tools passt iproute2 python3
+DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs acpica-tools socat libxml2-dev virtinst libvirt-clients passt iproute2 python3
+# PyPI packages for `make api-check` (Tests/api/schemathesis.sh), installed only when missing.
+PIP_PACKAGES := schemathesis==4.32.5
 
-.PHONY: all build release firmware baseline guest test-guest nested-lane test bench bench-linux bench-disk docs qemu demo firmware-demo deps clean
+.PHONY: api-check api-deps fuzz-api all build release firmware baseline guest test-guest nested-lane test bench bench-linux bench-disk docs qemu demo firmware-demo deps clean
 
 all: build firmware
 
@@ -64,18 +68,21 @@ nested-lane: test-guest
 
 test: deps firmware test-guest nested-lane docs
 	$(SWIFT) build --build-tests
+	$(MAKE) --no-print-directory api-check
 	$(SWIFT) test --skip-build
 
 # The C baseline comparison, then the boot probe under swiftkvm and QEMU microvm (BENCH_FLAGS:
 # e.g. --quick, --probe-only, --no-probe; see .build/release/swiftkvm-bench --help), then the
 # virtio-blk comparison of bench-disk (BENCH_DISK_FLAGS, e.g. --linux-rounds 0 to skip its Linux boots),
-# then power-off latency and the probe with 1 and 2 vCPUs (Benchmarks/power-smp.py), then the test
+# then power-off latency and the probe with 1 and 2 vCPUs (Benchmarks/power-smp.py), pause and resume
+# latency over the control socket against QEMU's QMP (Benchmarks/pause-resume.py), then the test
 # kernel with 1 and 2 vCPUs (Benchmarks/linux-smp.py, BENCH_SMP_FLAGS: --rounds N, --cpus 1,2,4; on a
 # KVM-PVM host both VMMs run in the nested lane, where SMP Linux comes up).
 bench: release firmware baseline qemu test-guest nested-lane
 	.build/release/swiftkvm-bench $(BENCH_FLAGS)
 	python3 Benchmarks/disk.py $(BENCH_DISK_FLAGS)
 	python3 Benchmarks/power-smp.py
+	python3 Benchmarks/pause-resume.py
 	python3 Benchmarks/linux-smp.py $(BENCH_SMP_FLAGS)
 
 qemu:
@@ -91,6 +98,20 @@ bench-linux: release test-guest qemu
 # QEMU microvm on the same image (a few minutes here: it boots Linux twice per side).
 bench-disk: release firmware test-guest qemu
 	python3 Benchmarks/disk.py $(BENCH_DISK_FLAGS)
+
+# The control API against its OpenAPI document: schemathesis (no 5xx, every status and body as
+# documented, data outside the schema refused) on api-mock-server, bridged to TCP by socat.
+api-deps: deps
+	@for p in $(PIP_PACKAGES); do pip show $${p%%==*} >/dev/null 2>&1 || pip install -q $$p || exit 1; done
+
+api-check: api-deps firmware
+	$(SWIFT) build --product api-mock-server
+	$(SWIFT) build --product swiftkvm
+	Tests/api/schemathesis.sh --mock .build/debug/api-mock-server
+	Tests/api/schemathesis.sh --vm .build/debug/swiftkvm Firmware/build/counter-user.bin
+
+fuzz-api:
+	Tests/fuzz/fuzz-http-parser.sh
 
 # API documentation (swift-docc-plugin): one static site per library module, in .build/docs/MODULE.
 DOC_MODULES := VMM KVM VMMCore Devices LinuxBoot Virtio

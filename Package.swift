@@ -19,20 +19,30 @@ let package = Package(
     ],
     targets: [
         .target(name: "CKVM"),
+        // C: <sys/epoll.h>, <sys/timerfd.h>, <sys/signalfd.h> for the VMM's event loop (Glibc lacks them).
+        .target(name: "CEvents"),
         // C: <linux/if_tun.h> constants and ioctl shims for the tap backend.
         .target(name: "CNet"),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "VMMCore"),
         // The one description of a VM (Codable), shared by the CLI, the API and importers.
         .target(name: "VMConfig"),
+        // The control API: an HTTP/1.1 server on a Unix socket and the VMController protocol the VMM
+        // implements. Foundation (JSON) and VMConfig only: no VMM, no KVM.
+        .target(name: "ControlAPI", dependencies: ["VMConfig"]),
+        .target(name: "ControlAPIMock", dependencies: ["ControlAPI", "VMConfig"]),
+        .executableTarget(name: "api-mock-server", dependencies: ["ControlAPI", "ControlAPIMock"]),
+        // libvirt domain XML in and out of a VMConfiguration, parsed by Debian's libxml2.
+        .systemLibrary(name: "CLibXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
+        .target(name: "LibvirtXML", dependencies: ["VMConfig", "CLibXML2"]),
         .target(name: "Devices", dependencies: ["VMMCore"]),
         .target(name: "LinuxBoot", dependencies: ["VMMCore"]),
         .target(name: "Virtio", dependencies: ["VMMCore"]),
         .target(name: "ACPI", dependencies: ["VMMCore"]),
-        .target(name: "VMM", dependencies: ["KVM", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI", "CNet"]),
+        .target(name: "VMM", dependencies: ["KVM", "CEvents", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI", "CNet"]),
         .executableTarget(
             name: "swiftkvm",
-            dependencies: ["VMM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["VMM", "VMConfig", "ControlAPI", "LibvirtXML", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "swiftkvm-bench", dependencies: ["VMM"]),
         // Helpers several test targets share (not a test target itself).
@@ -40,6 +50,8 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
         .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestSupport"]),
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"]),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "ControlAPIMock", "VMConfig"]),
+        .testTarget(name: "LibvirtXMLTests", dependencies: ["LibvirtXML", "VMConfig"], exclude: ["Fixtures"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VMMCore", "TestSupport"]),

@@ -9,6 +9,11 @@
  * SLEEP_CONTROL_REG.
  * `action=panic`: what Linux's pvpanic driver does in a panic notifier: writes PANICKED (1) to
  * the pvpanic I/O port, 0x505 (the port the DSDT's QEMU0001 device declares).
+ * `action=button` (fixed hardware only): what Linux's ACPI button driver and acpid do: enables
+ * the power-button event (PWRBTN_EN in PM1_EN), takes the SCI (SCI_INT through the 8259, vector
+ * 0x20 + SCI_INT, with interrupts on and the vCPU halted in between), and when PWRBTN_STS is set
+ * clears it and powers off as above. Prints `POWER waiting for the power button`, then
+ * `POWER sci N` and `POWER button pressed` once it came.
  *
  * Prints one `POWER …` line per step on COM1. If the machine is still running afterwards it
  * prints `POWER still running` and returns (bzimage-start.S then resets through the i8042).
@@ -76,6 +81,66 @@ static int option_is(const char *command_line, const char *word)
     return 0;
 }
 
+static uint16_t inw(uint16_t port)
+{
+    uint16_t value;
+    __asm__ volatile("inw %1, %0" : "=a"(value) : "Nd"(port));
+    return value;
+}
+
+static void outw(uint16_t port, uint16_t value) { __asm__ volatile("outw %0, %1" : : "a"(value), "Nd"(port)); }
+
+/* The SCI's handler: counts, acknowledges the 8259 (non-specific EOI), returns. */
+volatile uint64_t sci_count;
+void sci_entry(void);
+__asm__(".globl sci_entry\n"
+        "sci_entry:\n"
+        "    push %rax\n"
+        "    lock incq sci_count(%rip)\n"
+        "    mov $0x20, %al\n"
+        "    out %al, $0x20\n"
+        "    pop %rax\n"
+        "    iretq\n");
+
+/* One 16-byte interrupt gate per vector up to the SCI's. */
+static struct {
+    uint16_t offset_low, selector;
+    uint8_t ist, type;
+    uint16_t offset_middle;
+    uint32_t offset_high, reserved;
+} __attribute__((packed)) idt[0x30];
+
+/* Waits for the power button's SCI on `irq`, with PWRBTN_EN set in the PM1 block at `pm1_event`. */
+static void wait_for_power_button(uint16_t pm1_event, uint8_t irq)
+{
+    /* The loader's CS may not be this image's 64-bit code selector (0x18): make it so, since an
+     * interrupt gate loads 0x18 and IRETQ returns to whatever CS was. */
+    __asm__ volatile("pushq $0x18\n lea 1f(%%rip), %%rax\n pushq %%rax\n lretq\n 1:" : : : "rax", "memory");
+    uint64_t handler = (uint64_t)(uintptr_t)sci_entry;
+    uint8_t vector = (uint8_t)(0x20 + irq);
+    idt[vector].offset_low = (uint16_t)handler;
+    idt[vector].selector = 0x18;
+    idt[vector].type = 0x8E; /* present, DPL 0, 64-bit interrupt gate */
+    idt[vector].offset_middle = (uint16_t)(handler >> 16);
+    idt[vector].offset_high = (uint32_t)(handler >> 32);
+    struct { uint16_t limit; uint64_t base; } __attribute__((packed)) pointer = { sizeof(idt) - 1, (uint64_t)(uintptr_t)idt };
+    __asm__ volatile("lidt %0" : : "m"(pointer));
+    /* 8259 master: ICW1 (edge, cascade, ICW4), ICW2 vector base 0x20, ICW3 slave on IRQ 2, ICW4
+     * 8086 mode; then unmask the SCI's line only. */
+    outb(0x20, 0x11);
+    outb(0x21, 0x20);
+    outb(0x21, 0x04);
+    outb(0x21, 0x01);
+    outb(0x21, (uint8_t)~(1u << irq));
+    outw(pm1_event + 2, 1u << 8); /* PM1_EN: PWRBTN_EN */
+    puts("POWER waiting for the power button\n");
+    while (!(inw(pm1_event) & (1u << 8)))
+        __asm__ volatile("sti\n hlt\n cli" : : : "memory");
+    put_line_hex("POWER sci ", sci_count);
+    outw(pm1_event, 1u << 8); /* PM1_STS: PWRBTN_STS is write-1-to-clear */
+    puts("POWER button pressed\n");
+}
+
 int guest_main(const unsigned char *boot_params)
 {
     uint64_t pointer = *(const uint32_t *)(boot_params + 0x228) | (uint64_t)*(const uint32_t *)(boot_params + 0x0C8) << 32;
@@ -130,6 +195,15 @@ int guest_main(const unsigned char *boot_params)
         }
     } else {
         /* Fixed hardware: PM1a_CNT_BLK, an I/O port at FADT offset 64. */
+        if (option_is(command_line, "action=button")) {
+            uint32_t event = load32(fadt + 56); /* PM1a_EVT_BLK */
+            uint16_t sci = (uint16_t)(fadt[46] | fadt[47] << 8);
+            if (event == 0 || event > 0xFFFF || sci > 7) {
+                puts("POWER FAIL no PM1a_EVT_BLK or an SCI beyond the master 8259\n");
+                return 1;
+            }
+            wait_for_power_button((uint16_t)event, (uint8_t)sci);
+        }
         uint32_t port = load32(fadt + 64);
         put_line_hex("POWER pm1a-control ", port);
         if (port == 0 || port > 0xFFFF) {

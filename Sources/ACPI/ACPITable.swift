@@ -104,8 +104,9 @@ public enum ACPITable {
     /// The Fixed ACPI Description Table, revision 6, minor version 5 (ACPI 6.5; §5.2.9), for the
     /// description's power-management model:
     ///
-    /// - Flags: WBINVD and PROC_C1 (KVM runs both instructions); PWR_BUTTON and SLP_BUTTON set,
-    ///   meaning no fixed-feature buttons; RESET_REG_SUP with a reset register; HW_REDUCED_ACPI
+    /// - Flags: WBINVD and PROC_C1 (KVM runs both instructions); SLP_BUTTON set (no fixed sleep
+    ///   button); PWR_BUTTON clear on the fixed-hardware model, whose power button is the fixed
+    ///   feature in PM1, and set on the hardware-reduced one, which has none; RESET_REG_SUP with a reset register; HW_REDUCED_ACPI
     ///   for the hardware-reduced model.
     /// - IAPC_BOOT_ARCH: VGA not present, MSI not supported (there is no PCI), ASPM controls off;
     ///   8042 only if `hasI8042`; CMOS RTC not present unless `hasCMOSRTC`.
@@ -135,7 +136,10 @@ public enum ACPITable {
         if !description.hasCMOSRTC { bootFlags |= BootArchitectureFlag.cmosRTCNotPresent }
         set(bootFlags, at: 109)  // IAPC_BOOT_ARCH
 
-        var flags = FADTFlag.wbinvd | FADTFlag.processorC1 | FADTFlag.powerButton | FADTFlag.sleepButton
+        // PWR_BUTTON clear on the fixed-hardware model: its power button is the fixed feature in
+        // PM1 (PWRBTN_STS/EN). The hardware-reduced model has no PM1 block, so no fixed button.
+        var flags = FADTFlag.wbinvd | FADTFlag.processorC1 | FADTFlag.sleepButton
+        if description.power.isHardwareReduced { flags |= FADTFlag.powerButton }
         if let reset = description.power.reset {
             flags |= FADTFlag.resetRegisterSupported
             setAddress(.ioByte(reset.port), at: 116)  // RESET_REG

@@ -163,3 +163,87 @@ public final class TransmitOnlySerial: BusDevice {
         output(byte)
     }
 }
+
+/// The ACPI PM1 event block of a fixed-hardware platform (ACPI 6.5 §4.8.3.1): PM1_STS (16 bits)
+/// then PM1_EN (16 bits), of which this machine has one event, the fixed power button
+/// (PWRBTN_STS / PWRBTN_EN, bit 8 of each, §4.8.3.1.1–2).
+///
+/// `pressPowerButton()` sets PWRBTN_STS; the SCI is raised while any status bit has its enable
+/// bit set, and drops when the guest clears the status by writing 1 to it. A press made while the
+/// guest has not enabled the event yet (still booting, or before its ACPI driver cleared the
+/// status at start-up) is held and delivered as soon as it sets PWRBTN_EN.
+public final class PowerManagementEvents: BusDevice, @unchecked Sendable {
+    // @unchecked: mutable state is in `state`, a Mutex.
+    public static let powerButton: UInt16 = 1 << 8
+    /// Status bits this block implements (the others read as zero and ignore writes).
+    public static let implemented: UInt16 = powerButton
+
+    private struct State {
+        var status: UInt16 = 0
+        var enable: UInt16 = 0
+        var heldPress = false
+        var level = false
+    }
+
+    private let state = Mutex(State())
+    private let sci: (any InterruptLine)?
+
+    /// `sci` is the SCI's interrupt line (level-triggered, active-high in this machine's MADT).
+    public init(sci: (any InterruptLine)?) { self.sci = sci }
+
+    /// A press of the power button, from the host.
+    public func pressPowerButton() {
+        update { state in
+            state.status |= Self.powerButton
+            if state.enable & Self.powerButton == 0 { state.heldPress = true }
+        }
+    }
+
+    /// Whether the guest has enabled the power-button event (its ACPI driver listens).
+    public var isPowerButtonEnabled: Bool { state.withLock { $0.enable & Self.powerButton != 0 } }
+
+    /// PM1_STS and PM1_EN as the guest last left them.
+    public var registers: (status: UInt16, enable: UInt16) { state.withLock { ($0.status, $0.enable) } }
+
+    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        let (status, enable) = registers
+        let bytes = [UInt8(truncatingIfNeeded: status), UInt8(truncatingIfNeeded: status >> 8), UInt8(truncatingIfNeeded: enable), UInt8(truncatingIfNeeded: enable >> 8)]
+        for index in data.indices {
+            let (position, overflow) = offset.addingReportingOverflow(UInt64(index))
+            data[index] = !overflow && position < 4 ? bytes[Int(position)] : 0
+        }
+    }
+
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
+        update { state in
+            for (index, byte) in data.enumerated() {
+                let (position, overflow) = offset.addingReportingOverflow(UInt64(index))
+                guard !overflow, position < 4 else { continue }
+                let value = UInt16(byte) << (position % 2 == 0 ? 0 : 8)
+                if position < 2 {
+                    // Status bits are write-1-to-clear.
+                    state.status &= ~(value & Self.implemented)
+                } else {
+                    let mask: UInt16 = position == 2 ? 0x00FF : 0xFF00
+                    state.enable = (state.enable & ~mask) | (value & mask & Self.implemented)
+                }
+            }
+            if state.heldPress, state.enable & Self.powerButton != 0 {
+                state.heldPress = false
+                state.status |= Self.powerButton
+            }
+        }
+    }
+
+    /// Applies `change`, then drives the SCI from STS & EN, only when its level changes (under
+    /// the lock, so two changes from two threads reach the line in order).
+    private func update(_ change: (inout State) -> Void) {
+        state.withLock { state in
+            change(&state)
+            let level = state.status & state.enable != 0
+            guard level != state.level else { return }
+            state.level = level
+            sci?.setLevel(level)
+        }
+    }
+}

@@ -151,6 +151,22 @@ public final class I8042: BusDevice, @unchecked Sendable {
         if reset { onReset() }
     }
 
+    /// Scan codes (set 1, as the controller's translation delivers them) of Ctrl, Alt and Delete
+    /// pressed and released: what Linux's keyboard driver turns into `ctrl_alt_del()`.
+    public static let ctrlAltDelete: [UInt8] = [0x1D, 0x38, 0xE0, 0x53, 0xE0, 0xD3, 0xB8, 0x9D]
+
+    /// Puts `scancodes` in the output buffer as if typed on a keyboard and raises IRQ 1 when the
+    /// command byte enables it. Returns how many fit (the buffer holds `outputBufferCapacity`).
+    @discardableResult
+    public func type(_ scancodes: [UInt8]) -> Int {
+        state.withLock { state in
+            let room = max(0, I8042.outputBufferCapacity - state.outputBuffer.count)
+            for code in scancodes.prefix(room) { state.push(code) }
+            updateInterruptLine(&state)
+            return min(room, scancodes.count)
+        }
+    }
+
     /// Drives the keyboard interrupt to the level the state asks for, only on change.
     private func updateInterruptLine(_ state: inout State) {
         let level = state.interruptLevel

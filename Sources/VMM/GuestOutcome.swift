@@ -27,6 +27,9 @@ public enum GuestOutcome: Equatable, Sendable, CustomStringConvertible {
     case unhandledExit(reason: UInt32)
     /// The host asked the VM to stop (a signal, or the API's `stop`).
     case stopped
+    /// The host asked the VM to be killed (the API's `Kill`): ended at once, like a stop, disks
+    /// still synced, but reported as a kill.
+    case killed
     /// The VMM itself failed while the guest ran (an ioctl error); the text says which.
     case vmmError(String)
 
@@ -46,6 +49,7 @@ public enum GuestOutcome: Equatable, Sendable, CustomStringConvertible {
             "KVM hit an internal error (suberror \(suberror)); the guest may use an instruction KVM cannot emulate"
         case .unhandledExit(let reason): "the guest caused unhandled KVM exit \(reason)"
         case .stopped: "the VM was stopped"
+        case .killed: "the VM was killed"
         case .vmmError(let text): "the VMM failed: \(text)"
         }
     }

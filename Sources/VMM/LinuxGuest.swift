@@ -82,7 +82,16 @@ public final class LinuxGuest: @unchecked Sendable {
     public let commandLine: String
     /// What the firmware tables (ACPI and MP) describe.
     public let platformDescription: PlatformDescription
+    /// The ACPI PM1 event block with its fixed power button (nil on a hardware-reduced platform).
+    public let powerEvents: PowerManagementEvents?
+    /// The keyboard controller: `reboot=k` resets through it, Ctrl-Alt-Del is typed into it.
+    public let keyboardController: I8042
     private let emulatedPIT: PIT8254?
+    private let pitTimer: PITTimer?
+    /// The event loop the emulated PIT's timer lives on: the caller's, or one of the guest's own
+    /// that `run` starts and stops.
+    private let events: EventLoop
+    private let ownsEvents: Bool
     private let diskRunners: [VirtioDeviceRunner]
     /// The virtio-net devices, in order, with their backends and workers.
     public var networkDevices: [VirtioNet] { nics.map(\.device) }
@@ -91,7 +100,23 @@ public final class LinuxGuest: @unchecked Sendable {
 
     /// Everything up to the first instruction: files read and checked, memory laid out, kernel,
     /// initrd, command line and zero page loaded, devices placed, vCPUs created and set.
-    public init(_ configuration: LinuxGuestConfiguration, console: @escaping (UInt8) -> Void) throws(VMMError) {
+    ///
+    /// `memory`, when given, is the RAM of an earlier boot of the same configuration, kept across
+    /// a reset as a PC keeps it (it must have the size the configuration asks for).
+    ///
+    /// `events` is the VMM's event loop, already running, that the emulated PIT's timer joins; the
+    /// guest makes (and `run` runs) one of its own when it is nil.
+    public init(
+        _ configuration: LinuxGuestConfiguration, memory reused: GuestMemory? = nil, events loop: EventLoop? = nil,
+        console: @escaping (UInt8) -> Void
+    ) throws(VMMError) {
+        if let loop {
+            events = loop
+            ownsEvents = false
+        } else {
+            events = try EventLoop()
+            ownsEvents = true
+        }
         let milestones = BootMilestones()
         self.configuration = configuration
         guard configuration.memorySize > 0, configuration.memorySize % 4096 == 0 else {
@@ -145,8 +170,15 @@ public final class LinuxGuest: @unchecked Sendable {
         try system.checkVCPUCount(configuration.cpus)
 
         let memory: GuestMemory
-        do { memory = try GuestMemory(layout: LinuxBootLayout.guestMemoryLayout(size: configuration.memorySize)) } catch {
-            throw .memory(error)
+        if let reused {
+            guard reused.size == configuration.memorySize else {
+                throw .configuration("the kept guest RAM has \(reused.size) bytes, the configuration asks for \(configuration.memorySize)")
+            }
+            memory = reused
+        } else {
+            do { memory = try GuestMemory(layout: LinuxBootLayout.guestMemoryLayout(size: configuration.memorySize)) } catch {
+                throw .memory(error)
+            }
         }
         let entryLayout = LinuxEntryLayout(entry: configuration.entry)
         do {
@@ -221,24 +253,36 @@ public final class LinuxGuest: @unchecked Sendable {
         let power = platform.power
         let powerOff = { [unowned machine] in machine.requestStop(.poweredOff) }
         switch power.model {
-        case .fixedHardware(let eventPort, let controlPort, _):
-            try machine.addPortDevice(ZeroPort(), at: eventPort, count: 4)  // PM1_STS, PM1_EN: no events
+        case .fixedHardware(let eventPort, let controlPort, let sciIRQ):
+            // PM1_STS, PM1_EN: the fixed power button, raising the SCI.
+            let events = PowerManagementEvents(sci: KVMInterruptLine(vm: vm, gsi: UInt32(sciIRQ)))
+            try machine.addPortDevice(events, at: eventPort, count: 4)
+            powerEvents = events
             try machine.addPortDevice(
                 PowerControlPort(readValue: PowerManagement.pm1ControlSCIEnable, isPowerOff: power.isPowerOff, onPowerOff: powerOff),
                 at: controlPort, count: 2)
         case .hardwareReduced(let controlPort, let statusPort):
+            powerEvents = nil
             try machine.addPortDevice(PowerControlPort(isPowerOff: power.isPowerOff, onPowerOff: powerOff), at: controlPort)
             try machine.addPortDevice(ZeroPort(), at: statusPort)
         }
+        self.keyboardController = keyboardController
         try machine.addPortDevice(keyboardController.dataPort, at: I8042.dataPortAddress)
         try machine.addPortDevice(keyboardController.commandPort, at: I8042.commandPortAddress)
         if configuration.pit == .emulated {
-            let pit = PIT8254(clock: clock, interruptLine: KVMInterruptLine(vm: vm, gsi: PIT8254.irq))
+            let timer = try PITTimer(clock: clock, loop: events)
+            let pit = PIT8254(clock: clock, interruptLine: KVMInterruptLine(vm: vm, gsi: PIT8254.irq)) { [weak timer] in
+                timer?.rearm()
+            }
+            timer.attach(pit)
+            machine.addWorker(timer)
+            pitTimer = timer
             try machine.addPortDevice(pit, at: PIT8254.basePort, count: PIT8254.portCount)
             try machine.addPortDevice(pit.speakerPort, at: PIT8254.speakerControlPort)
             emulatedPIT = pit
         } else {
             emulatedPIT = nil
+            pitTimer = nil
         }
 
         var disks: [(device: VirtioBlock, location: VirtioMMIODeviceDescription)] = []
@@ -303,10 +347,14 @@ public final class LinuxGuest: @unchecked Sendable {
     ///
     /// When it returns, every disk's I/O thread has finished and each disk file has been synced
     /// and closed: whatever the guest wrote is on the host.
-    public func run() throws(VMMError) -> RunReport {
-        let timer = emulatedPIT.map { PITTimerThread(pit: $0, clock: clock) }
-        try timer?.start()
-        defer { timer?.stop() }
+    ///
+    /// With `paused`, the vCPUs start parked (`Machine.resume()` lets them go).
+    public func run(paused: Bool = false) throws(VMMError) -> RunReport {
+        if ownsEvents { try events.start() }
+        defer {
+            pitTimer?.stop()
+            if ownsEvents { events.stop() }
+        }
         defer {
             for runner in diskRunners { runner.stop() }
             for disk in disks { (disk.device.storage as? FileBlockStorage)?.close() }
@@ -317,7 +365,7 @@ public final class LinuxGuest: @unchecked Sendable {
         }
         for runner in diskRunners { try runner.start() }
         for nic in nics { try nic.runner.start() }
-        return try machine.run(timeLimit: configuration.timeLimit)
+        return try machine.run(timeLimit: configuration.timeLimit, paused: paused)
     }
 }
 
@@ -380,36 +428,65 @@ final class MonotonicClock: GuestClock, @unchecked Sendable {
     }
 }
 
-/// Drives an emulated PIT: sleeps until its next deadline (or 10 ms at most), then advances it.
-final class PITTimerThread: @unchecked Sendable {
-    let pit: PIT8254
+/// Drives an emulated PIT from the VMM's event loop: a timerfd armed at the PIT's own next
+/// deadline, re-armed after each expiry and whenever the guest reprograms Counter 0 (the PIT's
+/// `onDeadlineChange`, on the vCPU thread). No thread of its own, no polling sleeps.
+final class PITTimer: PausableWorker, @unchecked Sendable {
+    // @unchecked: `paused` is a Mutex that also orders expiries against pause(); the rest is immutable.
     let clock: MonotonicClock
-    private let running = Atomic<Bool>(true)
-    private let finished = DispatchSemaphore(value: 0)
+    private let timer: TimerFD
+    private let loop: EventLoop
+    private let pit = Mutex<PIT8254?>(nil)
+    private let paused = Mutex(false)
 
-    init(pit: PIT8254, clock: MonotonicClock) {
-        self.pit = pit
+    init(clock: MonotonicClock, loop: EventLoop) throws(VMMError) {
         self.clock = clock
+        self.loop = loop
+        timer = try TimerFD()
+        try loop.add(timer.descriptor) { [weak self] _ in self?.expired() }
     }
 
-    func start() throws(VMMError) {
-        try OSThread.detached(name: "pit") { [self] in
-            while running.load(ordering: .relaxed) {
-                let now = clock.nanoseconds
-                let next = pit.nextDeadline ?? now + 10_000_000
-                let wait = min(next > now ? next - now : 0, 10_000_000)
-                if wait > 0 {
-                    var pause = timespec(tv_sec: 0, tv_nsec: Int(wait))
-                    nanosleep(&pause, nil)
-                }
-                pit.advance(to: clock.nanoseconds)
-            }
-            finished.signal()
+    deinit { loop.remove(timer.descriptor) }
+
+    /// The PIT to drive (made after this timer: the PIT's `onDeadlineChange` calls `rearm`).
+    func attach(_ device: PIT8254) {
+        pit.withLock { $0 = device }
+        rearm()
+    }
+
+    /// Arms the timer for the PIT's next deadline (or disarms it when there is none). Any thread.
+    func rearm() {
+        paused.withLock { isPaused in
+            guard !isPaused, let device = pit.withLock({ $0 }) else { return }
+            timer.arm(at: device.nextDeadline)
         }
     }
 
+    private func expired() {
+        timer.consume()
+        paused.withLock { isPaused in
+            guard !isPaused, let device = pit.withLock({ $0 }) else { return }
+            device.advance(to: clock.nanoseconds)
+            timer.arm(at: device.nextDeadline)
+        }
+    }
+
+    /// Once this returns the PIT raises no more ticks: the guest's timer stands still with its vCPUs.
+    func pause() {
+        paused.withLock { isPaused in
+            isPaused = true
+            timer.arm(at: nil)
+        }
+    }
+
+    func resume() {
+        paused.withLock { $0 = false }
+        rearm()
+    }
+
+    /// The run is over: no more expiries.
     func stop() {
-        running.store(false, ordering: .relaxed)
-        finished.wait()
+        pause()
+        loop.remove(timer.descriptor)
     }
 }

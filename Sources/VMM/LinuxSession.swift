@@ -84,7 +84,7 @@ public final class LinuxSession: @unchecked Sendable {
     public func send(_ line: String, newline: Bool = true) {
         var bytes = Array(line.utf8)
         if newline { bytes.append(0x0D) }
-        ConsoleInputPump.feed(bytes, to: { [guest] in guest.serial.isReceiving ? guest.serial.enqueueInput($0) : 0 }, until: {
+        ConsoleInputPump.feed(bytes, to: { [guest] in guest.machine.state == .running && guest.serial.isReceiving ? guest.serial.enqueueInput($0) : 0 }, until: {
             state.withLock { $0.report != nil || $0.error != nil }
         })
     }

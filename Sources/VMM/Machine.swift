@@ -68,6 +68,16 @@ public final class Machine: @unchecked Sendable {
     private let threads = Mutex<[pthread_t]>([])
     /// The index of the vCPU whose exit decided the outcome, or -1.
     private let decidingVCPU = Atomic<Int>(-1)
+    /// Pause and resume: the messages between a controller and the vCPU threads.
+    let control = RunControl()
+    /// Device workers quieted while the machine is paused, in the order they were added.
+    private let workers = Mutex<[any PausableWorker]>([])
+    /// Each vCPU's figures as its thread last published them (every `livePublishInterval` exits,
+    /// and whenever it is kicked): what the API's live statistics read while the VM runs.
+    private let live = Mutex<[Int: VCPUReport]>([:])
+    static let livePublishInterval = 64
+    /// How long `pause` waits for every vCPU to leave KVM_RUN by default.
+    public static let pausePatience: Duration = .seconds(5)
 
     /// Creates the VM and gives it `memory`, one KVM memory slot per region.
     public init(system: KVMSystem, memory: GuestMemory, milestones: BootMilestones = BootMilestones()) throws(VMMError) {
@@ -118,21 +128,59 @@ public final class Machine: @unchecked Sendable {
     @discardableResult
     private func stop(_ outcome: GuestOutcome) -> Bool {
         let decided = stopSignal.request(outcome)
+        kickAll()
+        control.wakeForStop()
+        return decided
+    }
+
+    /// Kicks every vCPU thread but the caller's out of KVM_RUN. A vCPU thread that asks for
+    /// something sees it itself after its current exit.
+    private func kickAll() {
         let running = threads.withLock { $0 }
         let current = pthread_self()
-        // A vCPU thread asking for the stop sees it itself after this exit: kick only the others.
         for (index, thread) in running.enumerated() where index < vcpus.count && pthread_equal(thread, current) == 0 {
             Kick.kick(vcpus[index], on: thread)
         }
-        return decided
+    }
+
+    /// Every vCPU's exits and time so far, while the machine runs (a paused vCPU published its
+    /// figures when it was kicked; a running one at most `livePublishInterval` exits ago).
+    public var liveReports: [VCPUReport] {
+        live.withLock { reports in reports.keys.sorted().compactMap { reports[$0] } }
+    }
+
+    /// Where the machine is: not started, running, paused or finished.
+    public var state: MachineState { control.currentState }
+
+    /// Adds a device worker that `pause` quiets after the vCPUs and `resume` wakes before them.
+    public func addWorker(_ worker: any PausableWorker) {
+        workers.withLock { $0.append(worker) }
+    }
+
+    /// Parks every vCPU outside KVM_RUN, then quiets every device worker; returns when all are.
+    /// Call from any thread but a vCPU's (a vCPU cannot wait for itself to park).
+    public func pause(timeout: Duration = Machine.pausePatience) throws(RunControlError) {
+        try control.pause(timeout: timeout) { kickAll() }
+        for worker in workers.withLock({ $0 }) { worker.pause() }
+    }
+
+    /// Wakes the device workers, then lets the vCPUs continue exactly where they stopped.
+    public func resume(timeout: Duration = Machine.pausePatience) throws(RunControlError) {
+        guard control.currentState == .paused else { throw .wrongState(control.currentState, wanted: "paused to resume") }
+        for worker in workers.withLock({ $0 }).reversed() { worker.resume() }
+        try control.resume(timeout: timeout)
     }
 
     /// Runs every vCPU on its own thread until one of them, a device or the host stops the machine,
     /// or until `timeLimit` passes (then the outcome is `.timedOut`).
-    public func run(timeLimit: Duration? = nil) throws(VMMError) -> RunReport {
+    ///
+    /// With `paused`, the vCPUs start parked: the VM is `.paused` until `resume()`.
+    public func run(timeLimit: Duration? = nil, paused: Bool = false) throws(VMMError) -> RunReport {
         guard !vcpus.isEmpty else { throw .configuration("the machine has no vCPU") }
         decidingVCPU.store(-1, ordering: .releasing)
         do { try Kick.installHandler() } catch { throw .kvm(error) }
+        control.begin(vcpus: vcpus.count, paused: paused)
+        defer { control.finish() }
 
         let finished = DispatchSemaphore(value: 0)
         let results = Mutex<[Int: (VCPUReport, Registers?, SpecialRegisters?)]>([:])
@@ -144,6 +192,7 @@ public final class Machine: @unchecked Sendable {
             do {
                 thread = try OSThread(name: "vcpu\(index)") { [self] in
                     let report = runLoop(vcpu, index: index)
+                    control.vcpuFinished()
                     let registers = try? vcpu.registers()
                     let special = try? vcpu.specialRegisters()
                     results.withLock { $0[index] = (report, registers, special) }
@@ -151,6 +200,7 @@ public final class Machine: @unchecked Sendable {
                 }
             } catch {
                 requestStop(.vmmError(error.description))
+                for _ in started.count..<vcpus.count { control.vcpuFinished() }
                 for thread in started { thread.join() }
                 throw error
             }
@@ -227,24 +277,45 @@ public final class Machine: @unchecked Sendable {
             requestStop(.vmmError(error.description))
             return report()
         }
-        if index == 0 { milestones.record(.guestEntry) }
-        while !stopSignal.isRequested {
+        var entered = false
+        var sincePublished = 0
+        while true {
+            // A kick sets immediate_exit; clear it before looking at why it came (see RunControl
+            // for why this order cannot lose a request), then stop, park or enter the guest.
+            if vcpu.immediateExit { vcpu.immediateExit = false }
+            if stopSignal.isRequested { break }
+            if control.pauseRequested.load(ordering: .sequentiallyConsistent) {
+                control.park()
+                continue
+            }
+            if !entered, index == 0 {
+                milestones.record(.guestEntry)
+                entered = true
+            }
             let exit: VCPUExit
-            let entered = BootMilestones.now
+            let enteredAt = BootMilestones.now
             do {
                 exit = try vcpu.run()
             } catch {
                 requestStop(.vmmError(error.description))
                 break
             }
-            inKVMRun &+= BootMilestones.now &- entered
+            inKVMRun &+= BootMilestones.now &- enteredAt
             let action = handler.handle(exit)
             trace?.record(ExitTrace.line(vcpu: index, exit: exit, device: handler.lastDevice))
+            sincePublished += 1
+            if sincePublished >= Self.livePublishInterval || { if case .interrupted = exit { true } else { false } }() {
+                sincePublished = 0
+                let snapshot = report()
+                live.withLock { $0[index] = snapshot }
+            }
             if case .stop(let outcome) = action {
                 if stop(outcome) { decidingVCPU.store(index, ordering: .releasing) }
                 break
             }
         }
-        return report()
+        let final = report()
+        live.withLock { $0[index] = final }
+        return final
     }
 }

@@ -93,8 +93,13 @@ public struct UnitGuest: Sendable {
     ///   - console: receives each byte the guest writes to COM1 as it is written (output is also collected in the result).
     ///   - prepare: runs after the program is loaded and before the guest starts: put test data in memory here.
     ///   - started: receives the machine just before its vCPU starts, e.g. to stop it from a signal handler.
+    ///   - memory: the RAM of an earlier run of this guest, kept across a reset (the program is
+    ///     copied in again; the rest stays as the guest left it). Its size must be `memorySize`.
+    ///   - paused: start with the vCPUs parked, until `Machine.resume()`.
     public func run(
         system: KVMSystem? = nil,
+        memory reused: GuestMemory? = nil,
+        paused: Bool = false,
         console: (@Sendable (UInt8) -> Void)? = nil,
         prepare: (GuestMemory) throws -> Void = { _ in },
         started: (Machine) -> Void = { _ in }
@@ -110,7 +115,14 @@ public struct UnitGuest: Sendable {
         }
         try kvm.checkVCPUCount(cpus)
         let memory: GuestMemory
-        do { memory = try GuestMemory(size: memorySize) } catch { throw VMMError.memory(error) }
+        if let reused {
+            guard reused.size == memorySize else {
+                throw VMMError.configuration("the kept guest RAM has \(reused.size) bytes, the guest asks for \(memorySize)")
+            }
+            memory = reused
+        } else {
+            do { memory = try GuestMemory(size: memorySize) } catch { throw VMMError.memory(error) }
+        }
         let layout = UnitGuestLayout(memorySize: memorySize, mode: mode)
         do {
             try memory.write(program, at: loadAddress)
@@ -145,7 +157,7 @@ public struct UnitGuest: Sendable {
             }
         }
         started(machine)
-        let report = try machine.run(timeLimit: timeLimit)
+        let report = try machine.run(timeLimit: timeLimit, paused: paused)
         return GuestRun(
             outcome: report.outcome, console: output.bytes, reports: reports.values, registers: report.registers,
             specialRegisters: report.specialRegisters, memory: memory, statistics: report.statistics,

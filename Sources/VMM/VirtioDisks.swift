@@ -49,7 +49,7 @@ public enum VirtioMMIOLayout {
 /// A virtio device in a running machine: its transport on the MMIO bus, its queue notifications
 /// arriving on eventfds that KVM signals (KVM_IOEVENTFD), its interrupts leaving through an irqfd,
 /// and a thread of its own doing the I/O, so no vCPU waits for the disk.
-final class VirtioDeviceRunner: @unchecked Sendable {
+final class VirtioDeviceRunner: PausableWorker, @unchecked Sendable {
     // @unchecked: `thread` is touched only by start() and stop(), called in that order by one thread.
     let transport: VirtioMMIOTransport
     let description: VirtioMMIODeviceDescription
@@ -58,6 +58,10 @@ final class VirtioDeviceRunner: @unchecked Sendable {
     private let stopEvent: EventFD
     private let interruptEvent: EventFD
     private let inputs: [VirtioDeviceInput]
+    /// Wakes the thread for a pause; it parks between requests, never inside one.
+    private let pauseEvent: EventFD
+    private let gate = PauseGate()
+    private let running = Atomic<Bool>(false)
     private var thread: OSThread?
 
     /// `inputs`: descriptors from outside the guest (a NIC's backend) the worker also waits on.
@@ -71,6 +75,7 @@ final class VirtioDeviceRunner: @unchecked Sendable {
         do {
             notifications = try device.maximumQueueSizes.map { _ throws(KVMError) in try EventFD() }
             stopEvent = try EventFD()
+            pauseEvent = try EventFD()
             interruptEvent = try EventFD()
             try machine.vm.registerIRQFD(interruptEvent, gsi: description.irq)
         } catch {
@@ -88,16 +93,29 @@ final class VirtioDeviceRunner: @unchecked Sendable {
                 datamatch: UInt64(index))
         }
         try machine.addMMIODevice(transport, at: GuestAddress(description.base), length: description.size)
+        machine.addWorker(self)
     }
+
+    /// Returns once the I/O thread has finished the request it was serving and is parked.
+    func pause() {
+        guard running.load(ordering: .acquiring) else { return }
+        gate.pause { pauseEvent.signal() }
+    }
+
+    func resume() { gate.resume() }
 
     /// Starts the I/O thread: it sleeps in poll(2) until a queue is notified, an input the device
     /// wants becomes readable, or `stop` is called.
     func start() throws(VMMError) {
-        let descriptors = notifications.map(\.descriptor) + [stopEvent.descriptor]
+        let descriptors = notifications.map(\.descriptor) + [stopEvent.descriptor, pauseEvent.descriptor]
+        running.store(true, ordering: .releasing)
         thread = try OSThread(name: name) { [self] in
+            defer { gate.workerEnded() }
             var waiting = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
             waiting += inputs.map { _ in pollfd(fd: -1, events: Int16(POLLIN), revents: 0) }
             let stopIndex = notifications.count
+            let pauseIndex = stopIndex + 1
+            let firstInput = pauseIndex + 1
             while true {
                 // An input is waited on only while the device is live and wants it (poll skips a
                 // negative descriptor), so a backend with data the device cannot take yet never spins.
@@ -105,22 +123,26 @@ final class VirtioDeviceRunner: @unchecked Sendable {
                 if transport.isLive {
                     for (index, input) in inputs.enumerated() {
                         let state = input.state()
-                        waiting[stopIndex + 1 + index].fd = state.descriptor ?? -1
+                        waiting[firstInput + index].fd = state.descriptor ?? -1
                         if state.buffered { timeout = 0 }
                     }
                 } else {
-                    for index in inputs.indices { waiting[stopIndex + 1 + index].fd = -1 }
+                    for index in inputs.indices { waiting[firstInput + index].fd = -1 }
                 }
                 let ready = poll(&waiting, nfds_t(waiting.count), timeout)
                 if ready < 0 {
                     if errno == EINTR { continue }
                     break
                 }
+                if waiting[pauseIndex].revents != 0 {
+                    pauseEvent.consume()
+                    gate.parkIfRequested()
+                }
                 for (index, event) in notifications.enumerated() where waiting[index].revents != 0 {
                     event.consume()
                     transport.serve(queue: index)
                 }
-                for (index, input) in inputs.enumerated() where waiting[stopIndex + 1 + index].revents != 0 || (ready == 0 && timeout == 0) {
+                for (index, input) in inputs.enumerated() where waiting[firstInput + index].revents != 0 || (ready == 0 && timeout == 0) {
                     transport.serve(queue: input.queue)
                 }
                 if waiting[stopIndex].revents != 0 { break }
@@ -133,6 +155,8 @@ final class VirtioDeviceRunner: @unchecked Sendable {
     /// Stops the I/O thread and waits for the request it is serving to finish.
     func stop() {
         guard let thread else { return }
+        running.store(false, ordering: .releasing)
+        gate.resume()
         stopEvent.signal()
         thread.join()
         self.thread = nil

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Glibc
 import Synchronization
+import ControlAPI
 import VMConfig
 import VMM
 
@@ -14,7 +15,7 @@ struct SwiftKVM: ParsableCommand {
             Boots a Linux bzImage with its serial console on your terminal, or runs a flat firmware \
             binary in real, protected, long or user mode. See 'swiftkvm run --help'.
             """,
-        subcommands: [Run.self])
+        subcommands: [Run.self, Serve.self, Import.self, Export.self])
 }
 
 struct Run: ParsableCommand {
@@ -105,6 +106,16 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "Print the VM's configuration as JSON on standard output and exit without running it.")
     var printConfig = false
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Answer the control API (HTTP/1.1 + JSON, docs/api.md) on this Unix socket while the VM runs; created mode 0600, removed on exit.",
+            valueName: "path"))
+    var apiSocket: String?
+
+    @Flag(name: .long, help: "Start with the vCPUs paused, until the API resumes them (PATCH /vm {\"state\": \"Resumed\"}).")
+    var paused = false
+
     @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds (default: no limit).", valueName: "seconds"))
     var timeLimit: Double?
 
@@ -125,10 +136,7 @@ struct Run: ParsableCommand {
             return
         }
         let policy = RunPolicy(trace: try exitTrace(), timeLimit: try parsedTimeLimit())
-        switch configuration.boot {
-        case .linux: try runLinux(configuration, policy: policy)
-        case .firmware: try runFirmware(configuration, policy: policy)
-        }
+        try runInstance(configuration, policy: policy)
     }
 
     /// The VM the options describe, with each bad option worded as the option.
@@ -183,6 +191,9 @@ struct Run: ParsableCommand {
                 .filter { !$0.isEmpty }
         }
         configuration.acpi = !noACPI
+        guard disk.count <= VMConfiguration.maximumVirtioDevices else {
+            throw UsageError("at most \(VMConfiguration.maximumVirtioDevices) disks are supported, not \(disk.count)")
+        }
         do {
             configuration.disks = try disk.map { argument throws(VMMError) in
                 let parsed = try DiskConfiguration(argument: argument)
@@ -252,83 +263,83 @@ struct Run: ParsableCommand {
         return .milliseconds(Int64(timeLimit * 1000))
     }
 
-    func runLinux(_ vm: VMConfiguration, policy: RunPolicy) throws {
-        let configuration: LinuxGuestConfiguration
-        do { configuration = try LinuxGuestConfiguration(vm, policy: policy) } catch { throw UsageError(error.description) }
-        let cpus = configuration.cpus
-
-        let guest: LinuxGuest
+    /// Runs the VM until it ends for good (reboots that its configuration restarts included), with
+    /// its console on this terminal: output through a bounded buffer, so a stalled reader never
+    /// stops the guest, and input typed into COM1 once the guest's driver reads it.
+    func runInstance(_ vm: VMConfiguration, policy: RunPolicy) throws {
+        if paused, apiSocket == nil { throw UsageError("--paused needs --api-socket: nothing else could resume the VM") }
+        // A reader that goes away (`| head`) must not kill the VMM before it synced the disks: its
+        // writes then fail with EPIPE, and the console buffer counts what it could not deliver.
+        Glibc.signal(SIGPIPE, SIG_IGN)
+        let instance: VMInstance
+        let output: ConsoleOutputBuffer
+        let stopper: SignalStopper
         do {
-            guest = try LinuxGuest(configuration) { byte in ConsoleOutput.write(byte) }
+            // Signals first: blocked here before any thread starts, so they reach only the loop.
+            let events = try EventLoop()
+            stopper = try SignalStopper(loop: events)
+            output = try ConsoleOutputBuffer(descriptor: STDOUT_FILENO)
+            instance = try VMInstance(vm, policy: policy, events: events) { output.append($0) }
+            try events.start()
         } catch {
-            if case .kvm = error { throw RuntimeFailure(error.description) }
             throw UsageError(error.description)
         }
-        let stopper = SignalStopper()
-        stopper.watch(guest.machine)
+        var server: ControlServer?
+        if let apiSocket {
+            let started = ControlServer(path: apiSocket, controller: InstanceController(instance: instance, output: output))
+            do { try started.start() } catch { throw UsageError("--api-socket \(error)") }
+            server = started
+        }
+        defer { server?.stop() }
+        try Self.run(instance, output: output, stopper: stopper, paused: paused, stats: stats)
+    }
+
+    /// Runs `instance` to its end with the console on this terminal, then exits with its outcome's status.
+    static func run(_ instance: VMInstance, output: ConsoleOutputBuffer, stopper: SignalStopper, paused: Bool, stats: Bool) throws -> Never {
+        let vm = instance.configuration
+        stopper.watch { instance.stop() }
+        let isLinux = if case .linux = vm.boot { true } else { false }
         let terminal = HostTerminal()
-        terminal.enterRawMode()
-        let input = ConsoleInputPump(
-            // Held back until the guest's driver reads the port: a script piped in at once would
-            // otherwise land in a FIFO the kernel clears while it boots.
-            interpretEscape: terminal.isTerminal, sink: { guest.serial.isReceiving ? guest.serial.enqueueInput($0) : 0 },
-            onQuit: { [machine = guest.machine] in machine.requestStop(.stopped) })
-        do { try input.start() } catch {
-            HostTerminal.restore()
-            throw RuntimeFailure("\(error)")
+        var input: ConsoleInputPump?
+        if isLinux {
+            terminal.enterRawMode()
+            // Held back until the guest's driver reads the port (and while the VM is paused): a
+            // script piped in at once would otherwise land in a FIFO the kernel clears while it boots.
+            let pump = ConsoleInputPump(
+                interpretEscape: terminal.isTerminal, sink: { instance.typeIntoConsole($0) }, onQuit: { instance.stop() })
+            do { try pump.start() } catch {
+                HostTerminal.restore()
+                throw RuntimeFailure("\(error)")
+            }
+            input = pump
         }
-        let report: RunReport
+        let report: VMInstance.Report
         do {
-            report = try guest.run()
+            report = try instance.run(paused: paused)
         } catch {
+            input?.stop()
             HostTerminal.restore()
-            throw RuntimeFailure("\(error)")
+            output.finish()
+            switch error {
+            case .kvm, .system: throw RuntimeFailure(error.description)
+            case .configuration, .file, .memory, .bus: throw UsageError(error.description)
+            }
         }
-        input.stop()
+        input?.stop()
         HostTerminal.restore()
-        if stats {
-            ConsoleOutput.flush()
-            fputs(StatisticsTable.render(report, milestones: guest.machine.milestones), stderr)
-        }
-        try finish(report.outcome, signal: stopper.signal, stoppedBy: cpus > 1 ? report.stoppedBy : nil)
-    }
-
-    func runFirmware(_ vm: VMConfiguration, policy: RunPolicy) throws {
-        let guest: UnitGuest
-        do { guest = try UnitGuest(vm, policy: policy) } catch { throw UsageError("\(error)") }
-        let cpus = guest.cpus
-
-        let stopper = SignalStopper()
-        let result: GuestRun
-        let machine = Mutex<Machine?>(nil)
-        do {
-            result = try guest.run(
-                console: { byte in ConsoleOutput.write(byte) },
-                started: { started in
-                    machine.withLock { $0 = started }
-                    stopper.watch(started)
-                })
-        } catch let error as VMMError {
-            if case .configuration = error { throw UsageError(error.description) }
-            throw RuntimeFailure(error.description)
-        } catch {
-            throw RuntimeFailure("\(error)")
-        }
-        if stats {
-            ConsoleOutput.flush()
+        let dropped = output.finish()
+        if stats, let run = report.lastRun {
             fputs(
-                StatisticsTable.render(
-                    duration: result.duration, statistics: result.statistics, vcpus: result.vcpus,
-                    milestones: machine.withLock { $0?.milestones }), stderr)
+                StatisticsTable.render(duration: run.duration, statistics: run.statistics, vcpus: run.vcpus, milestones: report.milestones),
+                stderr)
         }
-        try finish(result.outcome, signal: stopper.signal, stoppedBy: cpus > 1 ? result.stoppedBy : nil)
+        if let dropped { printError(dropped) }
+        try finish(report.outcome, signal: stopper.signal, stoppedBy: vm.cpus > 1 ? report.lastRun?.stoppedBy : nil)
     }
 
-    /// Prints the reason the guest ended (if it needs saying), with the vCPU it happened on when
-    /// there are several, and exits with its status.
-    func finish(_ outcome: GuestOutcome, signal: Int32?, stoppedBy vcpu: Int?) throws -> Never {
-        ConsoleOutput.flush()
-        let (status, reason) = Self.exitStatus(for: outcome, signal: signal)
+    /// The API socket's file goes with the process, whichever way `run` ends it.
+    static func finish(_ outcome: GuestOutcome, signal: Int32?, stoppedBy vcpu: Int?) throws -> Never {
+        let (status, reason) = exitStatus(for: outcome, signal: signal)
         if let reason { printError(vcpu.map { "\(reason), on vcpu\($0)" } ?? reason) }
         throw ExitCode(status)
     }
@@ -341,8 +352,9 @@ struct Run: ParsableCommand {
         case .shutdown, .rebooted, .poweredOff: return (0, outcome.description)
         case .panicked: return (1, outcome.description)
         case .timedOut: return (124, outcome.description)
+        case .killed: return (137, outcome.description)
         case .stopped:
-            guard let signal else { return (0, "stopped (Ctrl-A x)") }
+            guard let signal else { return (0, "stopped (Ctrl-A x or the control API)") }
             return (128 + signal, "stopped by signal \(signal)")
         case .exception, .failedEntry, .internalError, .unhandledExit, .vmmError: return (1, outcome.description)
         }
@@ -361,47 +373,39 @@ struct RuntimeFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Guest console bytes to standard output, unbuffered enough that a prompt shows at once.
-enum ConsoleOutput {
-    static func write(_ byte: UInt8) {
-        var value = byte
-        while Glibc.write(STDOUT_FILENO, &value, 1) < 0 && errno == EINTR {}
-    }
-
-    static func flush() { fflush(stdout) }
-}
-
-/// Turns SIGINT and SIGTERM into a clean stop of the running machine.
+/// Turns SIGINT and SIGTERM into a clean stop of the running VM, through a signalfd on the VMM's
+/// event loop (the signals are blocked in every thread, so they arrive nowhere else).
 final class SignalStopper: @unchecked Sendable {
-    private let state = Mutex<(machine: Machine?, signal: Int32?)>((nil, nil))
-    private var sources: [DispatchSourceSignal] = []
+    private let state = Mutex<(stop: (@Sendable () -> Void)?, signal: Int32?)>((nil, nil))
+    private let signals: SignalFD
 
-    init() {
-        for number in [SIGINT, SIGTERM] {
-            Glibc.signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { [weak self] in self?.stop(signal: number) }
-            source.resume()
-            sources.append(source)
+    /// Call on the main thread before any other thread is started.
+    init(loop: EventLoop) throws(VMMError) {
+        SignalFD.blockInThisThread()
+        signals = try SignalFD()
+        try loop.add(signals.descriptor) { [weak self] _ in
+            guard let self else { return }
+            for number in signals.consume() { stop(signal: number) }
         }
     }
 
     var signal: Int32? { state.withLock { $0.signal } }
 
-    func watch(_ machine: Machine) {
+    /// `stop` is called on the first signal (at once if one came already).
+    func watch(_ stop: @escaping @Sendable () -> Void) {
         let pending = state.withLock { current -> Int32? in
-            current.machine = machine
+            current.stop = stop
             return current.signal
         }
-        if pending != nil { machine.requestStop(.stopped) }
+        if pending != nil { stop() }
     }
 
     private func stop(signal number: Int32) {
-        let machine = state.withLock { current -> Machine? in
+        let stop = state.withLock { current -> (@Sendable () -> Void)? in
             if current.signal == nil { current.signal = number }
-            return current.machine
+            return current.stop
         }
-        machine?.requestStop(.stopped)
+        stop?()
     }
 }
 

@@ -126,7 +126,8 @@ import VMMCore
         let description = vmmPlatform(cpus: 1)
         let fadt = ACPITable.makeFADT(description: description, dsdt: 0xE_1000, facs: 0xE_0100)
         let flags = littleEndian(fadt, 112, 4)
-        #expect(flags == 1 << 0 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 10)  // WBINVD, C1, no fixed buttons, reset register
+        // WBINVD, C1, a fixed power button (PWR_BUTTON, bit 4, clear) but no sleep button, reset register
+        #expect(flags == 1 << 0 | 1 << 2 | 1 << 5 | 1 << 10)
         #expect(littleEndian(fadt, 36, 4) == 0xE_0100)  // FIRMWARE_CTRL
         #expect(littleEndian(fadt, 132, 8) == 0)  // X_FIRMWARE_CTRL: zero when FIRMWARE_CTRL is set
         #expect(littleEndian(fadt, 40, 4) == 0xE_1000)  // DSDT

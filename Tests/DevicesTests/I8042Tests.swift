@@ -307,3 +307,27 @@ private final class ResetCounter { var count = 0 }
         #expect(kbc.readBytes(kbc.command, width: 2) == [keylock | systemFlag | commandData, 0])
     }
 }
+
+@Suite struct I8042TypingTests {
+    final class Line: InterruptLine {
+        var levels: [Bool] = []
+        func setLevel(_ high: Bool) { levels.append(high) }
+    }
+
+    @Test func ctrlAltDeleteArrivesAsScanCodesWithTheKeyboardInterrupt() {
+        let line = Line()
+        let controller = I8042(interrupt: line) {}
+        #expect(controller.type(I8042.ctrlAltDelete) == 8)
+        #expect(line.levels == [true])
+        var codes: [UInt8] = []
+        for _ in 0..<8 {
+            var byte: [UInt8] = [0]
+            byte.withUnsafeMutableBytes { controller.dataPort.read(offset: 0, data: $0) }
+            codes.append(byte[0])
+        }
+        #expect(codes == [0x1D, 0x38, 0xE0, 0x53, 0xE0, 0xD3, 0xB8, 0x9D])
+        #expect(line.levels == [true, false], "the line drops once the buffer is empty")
+        // The buffer is bounded: a flood is cut at its capacity.
+        #expect(controller.type([UInt8](repeating: 0x1E, count: 100)) == I8042.outputBufferCapacity)
+    }
+}

@@ -61,7 +61,7 @@ import Testing
         let page = """
             # A page
 
-            Good: `Sources/VMM/Machine.swift`, `Machine`, `Machine.run(timeLimit:)`, `GuestOutcome.exited(status:)`,
+            Good: `Sources/VMM/Machine.swift`, `Machine`, `Machine.run(timeLimit:paused:)`, `GuestOutcome.exited(status:)`,
             `UnitGuest(contentsOf: "Firmware/build/answer.bin", mode: .long)`, `.timedOut`, `Bus.Entry.label`,
             `CKVM_RUN`, `--trace`, `make test`, `Firmware/src/*.S`, `Firmware/build/hello-long.bin`, `KVM_RUN`,
             `/dev/kvm`, `swiftkvm run --firmware Firmware/build/hello-long.bin --trace`, [the index](README.md), `Firmware/src/NAME.c`.
@@ -163,7 +163,9 @@ struct DocsChecker {
                 }
             }
         }
-        for tool in ["Sources/swiftkvm/main.swift", "Sources/swiftkvm-bench/Options.swift"] where exists(tool) {
+        // Every file of the swiftkvm tool declares subcommands' options (Import.swift, …).
+        let toolFiles = ((try? files.contentsOfDirectory(atPath: "\(root)/Sources/swiftkvm")) ?? []).filter { $0.hasSuffix(".swift") }.sorted()
+        for tool in toolFiles.map({ "Sources/swiftkvm/\($0)" }) + ["Sources/swiftkvm-bench/Options.swift"] where exists(tool) {
             let source = SwiftSource.withoutComments(try read(tool))
             options.formUnion(SwiftSource.declarations(in: source).members)
             // Options named explicitly, `name: .customLong("no-acpi")`, under their spelled-out name.

@@ -46,6 +46,17 @@ struct LinuxGuestTests {
         session.send("echo piped-$((6 * 7)) | cat")
         #expect(try session.waitFor("piped-42", timeout: .seconds(300)).contains("piped-42"))
 
+        // Paused at its shell: every vCPU parked, the disks' threads quiet, nothing printed; a
+        // command typed meanwhile waits, and after resume the shell answers it.
+        try session.guest.machine.pause()
+        #expect(session.guest.machine.state == .paused)
+        let atPause = session.output.utf8.count
+        usleep(1_000_000)
+        #expect(session.output.utf8.count == atPause, "the guest printed while paused")
+        try session.guest.machine.resume()
+        session.send("echo resumed-$((20 + 1))")
+        #expect(try session.waitFor("resumed-21", timeout: .seconds(300)).contains("resumed-21"))
+
         // Two virtio-blk disks, one read-only: found, read, written, flushed (LinuxDiskChecks).
         try disks.checkInGuest(session)
 

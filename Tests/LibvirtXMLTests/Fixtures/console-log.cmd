@@ -1,0 +1,1 @@
+virt-install --connect test:///default --print-xml --osinfo detect=off,require=off --noautoconsole --graphics none --name console-log --memory 256 --vcpus 1 --boot kernel=/var/cache/swiftkvm/test-kernel/bzImage,kernel_args='console=ttyS0' --disk none --network none --console pty,log.file=/tmp/swiftkvm-console.log,log.append=on

@@ -1,0 +1,1 @@
+virt-install --connect test:///default --print-xml --osinfo detect=off,require=off --noautoconsole --graphics none --name disk-boot --memory 256 --vcpus 1 --import --disk path=/tmp/swiftkvm-libvirt-fixtures/root.img,driver.name=qemu,driver.type=raw,bus=virtio --network none --console pty

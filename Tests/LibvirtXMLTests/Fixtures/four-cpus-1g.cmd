@@ -1,0 +1,1 @@
+virt-install --connect test:///default --print-xml --osinfo detect=off,require=off --noautoconsole --graphics none --name four-cpus-1g --memory 1024 --vcpus 4 --boot kernel=/var/cache/swiftkvm/test-kernel/bzImage,initrd=/var/cache/swiftkvm/test-initramfs.cpio,kernel_args='console=ttyS0' --disk none --network none --console pty

@@ -1,0 +1,1 @@
+virt-install --connect test:///default --print-xml --osinfo detect=off,require=off --noautoconsole --graphics none --name nic-ethernet --memory 256 --vcpus 1 --boot kernel=/var/cache/swiftkvm/test-kernel/bzImage,kernel_args='console=ttyS0' --disk none --network type=ethernet,target.dev=tap0,model.type=virtio,mac.address=52:54:00:12:34:56 --console pty

@@ -1,0 +1,1 @@
+virt-install --connect test:///default --print-xml --osinfo detect=off,require=off --noautoconsole --graphics none --name no-initrd --memory 256 --vcpus 1 --boot kernel=/var/cache/swiftkvm/test-kernel/bzImage,kernel_args='console=ttyS0 reboot=k panic=-1' --disk none --network none --console pty

@@ -1,0 +1,1 @@
+virt-install --connect test:///default --print-xml --osinfo detect=off,require=off --noautoconsole --graphics none --name serial-file --memory 256 --vcpus 1 --boot kernel=/var/cache/swiftkvm/test-kernel/bzImage,kernel_args='console=ttyS0' --disk none --network none --serial file,path=/tmp/swiftkvm-serial.out

@@ -1,0 +1,1 @@
+virt-install --connect test:///default --print-xml --osinfo detect=off,require=off --noautoconsole --graphics none --name special-cmdline --memory 256 --vcpus 1 --boot kernel=/var/cache/swiftkvm/test-kernel/bzImage,kernel_args='console=ttyS0  init=/bin/sh -c "echo a<b && echo \$HOME"  x=1' --disk none --network none --console pty

@@ -1,0 +1,1 @@
+virt-install --connect test:///default --print-xml --osinfo detect=off,require=off --noautoconsole --name spice --memory 256 --vcpus 1 --boot kernel=/var/cache/swiftkvm/test-kernel/bzImage,kernel_args='console=ttyS0' --disk path=/tmp/swiftkvm-libvirt-fixtures/root.img,driver.name=qemu,driver.type=raw,bus=virtio --network none --graphics spice --console pty

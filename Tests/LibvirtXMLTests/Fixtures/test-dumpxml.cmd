@@ -1,0 +1,1 @@
+virsh -c test:///default dumpxml test
