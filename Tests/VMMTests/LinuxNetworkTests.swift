@@ -10,7 +10,7 @@ import Virtio
 /// 192.0.2.1, or passt in a namespace whose only interface is a veth at 198.51.100.2.
 @Suite(.enabled(if: NetworkGuestAssets.shouldRun, NetworkGuestAssets.skipReason))
 struct LinuxNetworkTests {
-    static let commandLine = "console=ttyS0 reboot=k panic=-1 quiet"
+    static let commandLine = "console=ttyS0 reboot=k panic=-1"
 
     /// A file for the guest to download, and its md5 as md5sum prints it.
     static func makeDownload(in directory: String, bytes: Int) throws -> String {
@@ -23,27 +23,64 @@ struct LinuxNetworkTests {
         return String(sum.prefix(32))
     }
 
-    /// Fetches `url` from inside `namespace` with Python's urllib, retrying for a while (the guest's
-    /// server may still be starting). Returns the body, or nil.
-    static func fetch(_ url: String, in namespace: TestNamespace, attempts: Int = 10) -> String? {
-        let script = "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('\(url)', timeout=30).read().decode())"
-        for _ in 0..<attempts {
-            if let body = try? namespace.exec(["python3", "-c", script], timeout: 60), !body.isEmpty { return body }
-            sleep(3)
-        }
-        return nil
+    /// A host-side client in `namespace`, started before the guest boots: it tries `url` every two
+    /// seconds (at most `attempts` times) until it gets a body, and writes it to `output`.
+    static func startFetcher(_ url: String, in namespace: TestNamespace, output: String, attempts: Int = 400) throws {
+        let script = """
+            import urllib.request, time
+            for _ in range(\(attempts)):
+                try:
+                    body = urllib.request.urlopen('\(url)', timeout=5).read()
+                    if body:
+                        open('\(output)', 'wb').write(body)
+                        break
+                except Exception:
+                    pass
+                time.sleep(2)
+            """
+        try namespace.start(["python3", "-c", script])
     }
 
-    /// Serves /www/index.html from the guest with busybox httpd on `port`.
-    static func startGuestServer(_ session: LinuxSession, port: Int) throws {
-        session.send("mkdir -p /www && echo served-by-the-guest-$((6 * 7)) >/www/index.html && httpd -p \(port) -h /www; echo HTTPD-RC-$? HTTPD-$((6 * 7))")
-        let started = try session.waitFor("HTTPD-42", timeout: .seconds(300))
-        #expect(started.contains("HTTPD-RC-0"), "busybox httpd started: \(started)")
+    /// Runs the `swiftkvm` binary inside `namespace` (so its tap and its passt are there) with
+    /// `script` typed into the guest's shell, and returns the console output. The script ends the
+    /// guest with `reboot -f`; `--time-limit` bounds it anyway.
+    static func runGuest(in namespace: TestNamespace, net: String, script: [String], name: String) throws -> (status: Int32, output: String) {
+        let assets = try GuestAssets.testKernel()
+        let input = "/tmp/\(namespace.name)-\(name).in"
+        let output = "/tmp/\(namespace.name)-\(name).out"
+        try (script.joined(separator: "\n") + "\n").write(toFile: input, atomically: true, encoding: .utf8)
+        FileManager.default.createFile(atPath: output, contents: nil)
+        defer {
+            unlink(input)
+            unlink(output)
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: TestNamespace.ipPath ?? "ip")
+        process.arguments = [
+            "netns", "exec", namespace.name, swiftkvmBinary, "run", "--kernel", assets.kernel, "--initrd", assets.initrd,
+            "--cmdline", commandLine, "--net", net, "--time-limit", "1300",
+        ]
+        process.standardInput = FileHandle(forReadingAtPath: input)
+        process.standardOutput = FileHandle(forWritingAtPath: output)
+        process.standardError = FileHandle(forWritingAtPath: output)
+        try process.run()
+        let deadline = Date().addingTimeInterval(1400)
+        while process.isRunning, Date() < deadline { usleep(100_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        return (process.terminationStatus, (try? String(contentsOfFile: output, encoding: .utf8)) ?? "")
     }
+
+    static var swiftkvmBinary: String {
+        var path = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+        path.removeLast(3)  // Tests/VMMTests/LinuxNetworkTests.swift
+        return path.joined(separator: "/") + "/.build/debug/swiftkvm"
+    }
+
+    static let serveFromTheGuest = "mkdir -p /www && echo served-by-the-guest-$((6 * 7)) >/www/index.html && httpd -p PORT -h /www; echo HTTPD-RC-$?"
 
     @Test(.timeLimit(.minutes(25)))
     func overATapTheGuestPingsDownloadsAndServes() throws {
-        let assets = try GuestAssets.testKernel()
         let namespace = try TestNamespace(tag: "tap")
         defer { namespace.remove() }
         try namespace.ip("-n", namespace.name, "tuntap", "add", "swk0", "mode", "tap")
@@ -53,46 +90,30 @@ struct LinuxNetworkTests {
         defer { _ = try? FileManager.default.removeItem(atPath: directory) }
         let md5 = try Self.makeDownload(in: directory, bytes: 2 << 20)
         try namespace.start(["python3", "-m", "http.server", "8080", "--bind", "192.0.2.1", "--directory", directory])
+        let fetched = "\(directory)/fetched"
+        try Self.startFetcher("http://192.0.2.2:8081/index.html", in: namespace, output: fetched)
 
-        var configuration = LinuxGuestConfiguration(
-            kernelPath: assets.kernel, initrdPath: assets.initrd, commandLine: Self.commandLine, memorySize: 256 << 20,
-            timeLimit: .seconds(1400))
-        configuration.networkInterfaces = [NetworkInterfaceConfig(backend: .tap(name: "swk0"), mac: "52:54:00:12:34:56")]
-        let session = try namespace.enter { try LinuxSession(configuration) }
-        defer { session.stop() }
-        try session.waitFor("SWIFTKVM-INIT-READY", timeout: .seconds(900))
-        try session.waitFor("# ", timeout: .seconds(300))
-
-        session.send("cat /sys/class/net/eth0/address; ip link set eth0 up && ip addr add 192.0.2.2/24 dev eth0; echo UP-$((6 * 7))")
-        let up = try session.waitFor("UP-42", timeout: .seconds(300))
-        #expect(up.contains("52:54:00:12:34:56"), "the guest's eth0 has the configured MAC: \(up)")
-
-        session.send("ping -c 3 -W 10 192.0.2.1; echo PING-RC-$? PING-$((6 * 7))")
-        let ping = try session.waitFor("PING-42", timeout: .seconds(300))
-        #expect(ping.contains("PING-RC-0"), "ping answered: \(ping)")
-        #expect(ping.contains("3 packets received"), "\(ping)")
-
-        let started = ContinuousClock.now
-        session.send("wget -q -O - http://192.0.2.1:8080/blob | md5sum; echo WGET-$((6 * 7))")
-        let download = try session.waitFor("WGET-42", timeout: .seconds(600))
-        #expect(download.contains(md5), "the guest's md5 of the 2 MiB download is \(md5): \(download)")
-        print("tap: 2 MiB downloaded into the guest in \(ContinuousClock.now - started)")
-
-        try Self.startGuestServer(session, port: 8081)
-        let body = Self.fetch("http://192.0.2.2:8081/index.html", in: namespace)
-        #expect(body?.contains("served-by-the-guest-42") == true, "a host-side client fetched the guest's file: \(body ?? "nothing")")
-
-        let device = try #require(session.guest.networkDevices.first)
-        #expect(device.statistics.framesReceived > 1000 && device.statistics.framesSent > 100)
-        #expect(device.negotiatedFeatures & VirtioNet.Feature.guestTSO4 != 0, "Linux accepted the tap's offloads")
-        session.send("reboot -f")
-        let report = try session.waitForEnd(timeout: .seconds(300))
-        #expect(report.outcome == .rebooted)
+        let run = try Self.runGuest(
+            in: namespace, net: "tap=swk0,mac=52:54:00:12:34:56",
+            script: [
+                "cat /sys/class/net/eth0/address; ip link set eth0 up && ip addr add 192.0.2.2/24 dev eth0",
+                "ping -c 3 -W 10 192.0.2.1; echo PING-RC-$?",
+                "wget -q -O - http://192.0.2.1:8080/blob | md5sum",
+                Self.serveFromTheGuest.replacingOccurrences(of: "PORT", with: "8081"),
+                "sleep 90", "reboot -f",
+            ], name: "tap")
+        #expect(run.status == 0, "\(run.output.suffix(2000))")
+        #expect(run.output.contains("52:54:00:12:34:56"), "the guest's eth0 has the configured MAC")
+        #expect(run.output.contains("PING-RC-0") && run.output.contains("3 packets received"), "ping answered")
+        #expect(run.output.contains("\(md5)  -"), "the guest's md5 of the 2 MiB download is \(md5)")
+        #expect(run.output.contains("HTTPD-RC-0"))
+        let body = (try? String(contentsOfFile: fetched, encoding: .utf8)) ?? ""
+        #expect(body.contains("served-by-the-guest-42"), "a host-side client fetched the guest's file: '\(body)'")
+        #expect(run.output.contains("the guest rebooted"))
     }
 
     @Test(.timeLimit(.minutes(25)))
     func userModeGetsDHCPReachesTheHostsLoopbackAndTakesAForwardedPort() throws {
-        let assets = try GuestAssets.testKernel()
         // passt needs an interface with a default route: a veth to a peer namespace, documentation addresses.
         let namespace = try TestNamespace(tag: "user")
         defer { namespace.remove() }
@@ -109,34 +130,24 @@ struct LinuxNetworkTests {
         let md5 = try Self.makeDownload(in: directory, bytes: 1 << 20)
         // A server on the namespace's loopback: passt maps the gateway address to it.
         try namespace.start(["python3", "-m", "http.server", "8080", "--bind", "127.0.0.1", "--directory", directory])
+        let fetched = "\(directory)/fetched"
+        try Self.startFetcher("http://127.0.0.1:2222/index.html", in: namespace, output: fetched)
 
-        var configuration = LinuxGuestConfiguration(
-            kernelPath: assets.kernel, initrdPath: assets.initrd, commandLine: Self.commandLine, memorySize: 256 << 20,
-            timeLimit: .seconds(1400))
-        configuration.networkInterfaces = [
-            NetworkInterfaceConfig(backend: .user(forwards: [PortForward(hostAddress: "127.0.0.1", hostPort: 2222, guestPort: 7000)]))
-        ]
-        let session = try namespace.enter { try LinuxSession(configuration) }
-        defer { session.stop() }
-        try session.waitFor("SWIFTKVM-INIT-READY", timeout: .seconds(900))
-        try session.waitFor("# ", timeout: .seconds(300))
-
-        session.send("udhcpc -i eth0 -n -q -t 5; echo DHCP-RC-$? DHCP-$((6 * 7))")
-        let dhcp = try session.waitFor("DHCP-42", timeout: .seconds(300))
-        #expect(dhcp.contains("SWIFTKVM-DHCP ip=198.51.100.2 mask=24 router=198.51.100.1"), "passt's lease: \(dhcp)")
-        #expect(dhcp.contains("DHCP-RC-0"))
-
-        session.send("wget -q -O - http://198.51.100.1:8080/blob | md5sum; echo WGET-$((6 * 7))")
-        let download = try session.waitFor("WGET-42", timeout: .seconds(600))
-        #expect(download.contains(md5), "the download through passt's gateway has md5 \(md5): \(download)")
-
-        try Self.startGuestServer(session, port: 7000)
-        let body = Self.fetch("http://127.0.0.1:2222/index.html", in: namespace)
-        #expect(body?.contains("served-by-the-guest-42") == true, "the forwarded port reached the guest's server: \(body ?? "nothing")")
-
-        session.send("reboot -f")
-        let report = try session.waitForEnd(timeout: .seconds(300))
-        #expect(report.outcome == .rebooted)
+        let run = try Self.runGuest(
+            in: namespace, net: "user,hostfwd=tcp:127.0.0.1:2222-:7000",
+            script: [
+                "udhcpc -i eth0 -n -q -t 5; echo DHCP-RC-$?",
+                "wget -q -O - http://198.51.100.1:8080/blob | md5sum",
+                Self.serveFromTheGuest.replacingOccurrences(of: "PORT", with: "7000"),
+                "sleep 90", "reboot -f",
+            ], name: "user")
+        #expect(run.status == 0, "\(run.output.suffix(2000))")
+        #expect(run.output.contains("SWIFTKVM-DHCP ip=198.51.100.2 mask=24 router=198.51.100.1"), "passt's lease")
+        #expect(run.output.contains("DHCP-RC-0"))
+        #expect(run.output.contains("\(md5)  -"), "the download through passt's gateway has md5 \(md5)")
+        #expect(run.output.contains("HTTPD-RC-0"))
+        let body = (try? String(contentsOfFile: fetched, encoding: .utf8)) ?? ""
+        #expect(body.contains("served-by-the-guest-42"), "the forwarded port reached the guest's server: '\(body)'")
     }
 }
 
