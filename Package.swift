@@ -28,6 +28,8 @@ let package = Package(
         .target(name: "CKVM"),
         // C: <sys/epoll.h>, <sys/timerfd.h>, <sys/signalfd.h> for the VMM's event loop (Glibc lacks them).
         .target(name: "CEvents"),
+        // C: <linux/if_tun.h> constants and ioctl shims for the tap backend.
+        .target(name: "CNet"),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "VMMCore"),
         // The one description of a VM (Codable), shared by the CLI, the API and importers.
@@ -55,7 +57,7 @@ let package = Package(
         .target(
             name: "KernelDecompression",
             dependencies: ["LinuxBoot", "CLZMA", "CLZ4", "CZstd", "CZlib", "CBZip2", "CCrypto", "CMalloc"]),
-        .target(name: "VMM", dependencies: ["KVM", "CEvents", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI", "KernelDecompression"]),
+        .target(name: "VMM", dependencies: ["KVM", "CEvents", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI", "KernelDecompression", "CNet"]),
         // The seccomp filter: Debian's libseccomp (libseccomp-dev) and a C SIGSYS handler.
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .target(name: "CSandbox"),
@@ -66,7 +68,7 @@ let package = Package(
         ),
         .executableTarget(name: "swiftkvm-bench", dependencies: ["VMM"]),
         // Helpers several test targets share (not a test target itself).
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Virtio", "VMMCore"], path: "Tests/TestSupport"),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
         .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestSupport"]),
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"]),
@@ -77,7 +79,7 @@ let package = Package(
         .testTarget(name: "KernelDecompressionTests", dependencies: ["KernelDecompression", "LinuxBoot"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VMMCore", "TestSupport"]),
         .testTarget(name: "ACPITests", dependencies: ["ACPI", "VMMCore", "LinuxBoot"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: []),
         // docs/ and the READMEs name only files and types that exist (reads the tree; no module).
         .testTarget(name: "DocsTests", dependencies: []),

@@ -140,6 +140,10 @@ APPLETS="sh ash cat echo printf ls mount umount mkdir rmdir rm cp mv ln chmod to
 	sleep date ps kill dmesg free uptime sync dd od hexdump stty tty clear setsid cttyhack
 	reboot poweroff halt insmod lsmod mknod mdev hostname id md5sum cmp blockdev"
 
+# Only in the test initramfs (the virtio-net tests): configure a NIC, get a DHCP
+# lease, fetch and serve files.
+NET_APPLETS="ip ifconfig route ping udhcpc wget nc httpd netstat arp"
+
 # Write the common part of a busybox initramfs list to stdout.
 busybox_list() { # busybox_list BUSYBOX INIT
 	local bb=$1 init=$2 a
@@ -252,8 +256,8 @@ check_config() {
 build_test_initramfs() {
 	ensure_installed gzip python3 gcc
 	local key out="$CACHE/test-initramfs.cpio.gz"
-	key=$(printf '%s\n' "busybox-static=$(busybox_version)" "applets=$APPLETS" "gcc=$(gcc -dumpfullversion)" |
-		make_key "$HERE/init/test-init" "$HERE/mkcpio.py" "$HERE/build.sh" "$HERE/tools/blkbench.c")
+	key=$(printf '%s\n' "busybox-static=$(busybox_version)" "applets=$APPLETS $NET_APPLETS" "gcc=$(gcc -dumpfullversion)" |
+		make_key "$HERE/init/test-init" "$HERE/init/udhcpc.script" "$HERE/mkcpio.py" "$HERE/build.sh" "$HERE/tools/blkbench.c")
 	if up_to_date "$out.key" "$key" "$out" "${out%.gz}"; then
 		log "test initramfs up to date: $out"
 		return
@@ -266,6 +270,14 @@ build_test_initramfs() {
 	gcc -static -nostdlib -ffreestanding -fno-builtin -O2 -fno-stack-protector -fno-pie -no-pie \
 		-o "$tmp/blkbench" "$HERE/tools/blkbench.c" || die "cannot build tools/blkbench.c"
 	echo "file /bin/blkbench $tmp/blkbench 755" >>"$tmp/list"
+	# Networking for virtio-net tests: busybox's network applets and udhcpc's script.
+	{
+		for a in $NET_APPLETS; do echo "slink /bin/$a busybox 777"; done
+		echo "dir /usr 755"
+		echo "dir /usr/share 755"
+		echo "dir /usr/share/udhcpc 755"
+		echo "file /usr/share/udhcpc/default.script $HERE/init/udhcpc.script 755"
+	} >>"$tmp/list"
 	# Also keep the uncompressed archive: on KVM-PVM the kernel's gunzip of
 	# ~1 MB (emulated ring 0) costs ~45 s of the boot.
 	pack "$tmp/list" "$out" keep
@@ -276,7 +288,7 @@ build_test_initramfs() {
 
 # --- (c) Debian's stock kernel + module initramfs ------------------------------------
 
-STOCK_MODULES="virtio virtio_ring virtio_mmio virtio_pci virtio_blk crc32c_generic ext4 pvpanic pvpanic_mmio"
+STOCK_MODULES="virtio virtio_ring virtio_mmio virtio_pci virtio_blk virtio_net crc32c_generic ext4 pvpanic pvpanic_mmio"
 
 build_stock() {
 	ensure_installed gzip xz-utils zstd kmod python3

@@ -47,14 +47,12 @@ extension LinuxGuestConfiguration {
         guard let entry = LinuxBootEntry(rawValue: linux.entry) else {
             throw .configuration("boot.linux.entry '\(linux.entry)' is not a boot-protocol entry")
         }
-        guard vm.networkInterfaces.isEmpty else {
-            throw .configuration("network interfaces are not supported yet: remove network_interfaces")
-        }
         self.init(
             kernelPath: linux.kernel, initrdPath: linux.initrd, commandLine: linux.commandLine, memorySize: vm.memoryBytes,
             cpus: vm.cpus, pit: vm.pit == .kvm ? .kvm : .emulated, entry: entry, cpuid: try vm.cpuidPolicy(),
             disks: vm.disks.map { DiskConfiguration(path: $0.path, readOnly: $0.readOnly) }, trace: policy.trace,
             acpi: vm.acpi, timeLimit: policy.timeLimit)
+        networkInterfaces = vm.networkInterfaces
     }
 }
 

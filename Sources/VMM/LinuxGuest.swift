@@ -6,6 +6,7 @@ import KVM
 import KernelDecompression
 import LinuxBoot
 import Synchronization
+import VMConfig
 import VMMCore
 import Virtio
 
@@ -30,6 +31,8 @@ public struct LinuxGuestConfiguration: Sendable {
     public var cpuid: CPUIDPolicy
     /// virtio-blk disks, in order: /dev/vda, /dev/vdb, …
     public var disks: [DiskConfiguration]
+    /// virtio-net interfaces, in order (eth0, eth1, …), on virtio-mmio after the disks.
+    public var networkInterfaces: [NetworkInterfaceConfig] = []
     /// Where to write one line per exit (`--trace`); nil for none.
     public var trace: ExitTrace?
     /// Whether the guest gets ACPI tables (RSDP, XSDT, FADT, MADT, DSDT), as distribution kernels
@@ -94,6 +97,9 @@ public final class LinuxGuest: @unchecked Sendable {
     private let events: EventLoop
     private let ownsEvents: Bool
     private let diskRunners: [VirtioDeviceRunner]
+    /// The virtio-net devices, in order, with their backends and workers.
+    public var networkDevices: [VirtioNet] { nics.map(\.device) }
+    private let nics: [(device: VirtioNet, attachment: NetworkAttachment, runner: VirtioDeviceRunner)]
     private let clock = MonotonicClock()
 
     /// Everything up to the first instruction: files read and checked, memory laid out, kernel,
@@ -129,8 +135,9 @@ public final class LinuxGuest: @unchecked Sendable {
         var initrd: [UInt8]?
         if let path = configuration.initrdPath { initrd = try readHostFile(path) }
         // Disks are opened before anything else is set up, so a bad one is reported before boot.
-        guard configuration.disks.count <= VirtioMMIOLayout.interrupts.count else {
-            throw .configuration("at most \(VirtioMMIOLayout.interrupts.count) disks are supported, not \(configuration.disks.count)")
+        let virtioCount = configuration.disks.count + configuration.networkInterfaces.count
+        guard virtioCount <= VirtioMMIOLayout.interrupts.count else {
+            throw .configuration("at most \(VirtioMMIOLayout.interrupts.count) disks and network interfaces are supported, not \(virtioCount)")
         }
         var storages: [FileBlockStorage] = []
         for disk in configuration.disks {
@@ -138,7 +145,15 @@ public final class LinuxGuest: @unchecked Sendable {
                 throw .configuration(error.description)
             }
         }
-        let locations = configuration.disks.indices.compactMap(VirtioMMIOLayout.device)
+        // NICs too: a missing tap, a tap in use, no passt, a port taken are all reported before boot.
+        var attachments: [NetworkAttachment] = []
+        for (index, interface) in configuration.networkInterfaces.enumerated() {
+            do { attachments.append(try NetworkAttachment(interface, index: index)) } catch {
+                for attachment in attachments { attachment.close() }
+                throw error
+            }
+        }
+        let locations = (0..<virtioCount).compactMap(VirtioMMIOLayout.device)
         let fullCommandLine = ([configuration.commandLine] + locations.map(\.commandLineArgument)).filter { !$0.isEmpty }
             .joined(separator: " ")
         let commandLine: KernelCommandLine
@@ -283,6 +298,12 @@ public final class LinuxGuest: @unchecked Sendable {
         }
         self.disks = disks
         diskRunners = runners
+        var nics: [(device: VirtioNet, attachment: NetworkAttachment, runner: VirtioDeviceRunner)] = []
+        for (index, attachment) in attachments.enumerated() {
+            let (device, runner) = try attachment.makeRunner(at: locations[disks.count + index], index: index, in: machine)
+            nics.append((device, attachment, runner))
+        }
+        self.nics = nics
 
         var cpuid = configuration.cpuid
         cpuid.tscDeadlineTimer = system.checkExtension(KVMCapability.tscDeadlineTimer) > 0
@@ -340,13 +361,19 @@ public final class LinuxGuest: @unchecked Sendable {
             if ownsEvents { events.stop() }
         }
         defer {
-            // A disk whose I/O thread is stuck in a request is left open: closing could hand its
-            // descriptor number to another file while that request still uses it.
-            for (disk, ended) in zip(disks, VirtioDeviceRunner.stop(diskRunners)) where ended {
+            // Every device's thread at once (each gets the same deadline). A disk or NIC whose I/O
+            // thread is stuck in a request is left open: closing could hand its descriptor number to
+            // another file while that request still uses it.
+            let ended = VirtioDeviceRunner.stop(diskRunners + nics.map(\.runner))
+            for (disk, done) in zip(disks, ended.prefix(disks.count)) where done {
                 (disk.device.storage as? FileBlockStorage)?.close()
+            }
+            for (nic, done) in zip(nics, ended.dropFirst(disks.count)) where done {
+                nic.attachment.close()
             }
         }
         for runner in diskRunners { try runner.start() }
+        for nic in nics { try nic.runner.start() }
         return try machine.run(timeLimit: configuration.timeLimit, paused: paused)
     }
 }

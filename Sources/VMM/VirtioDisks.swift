@@ -58,6 +58,7 @@ final class VirtioDeviceRunner: PausableWorker, @unchecked Sendable {
     private let notifications: [EventFD]
     private let stopEvent: EventFD
     private let interruptEvent: EventFD
+    private let inputs: [VirtioDeviceInput]
     /// Wakes the thread for a pause; it parks between requests, never inside one.
     private let pauseEvent: EventFD
     private let gate = PauseGate()
@@ -71,11 +72,14 @@ final class VirtioDeviceRunner: PausableWorker, @unchecked Sendable {
     static let drainTime: Duration = .seconds(1)
     static let haltTime: Duration = .seconds(1)
 
-    init(device: any VirtioDevice, name: String, at description: VirtioMMIODeviceDescription, in machine: Machine)
-        throws(VMMError)
-    {
+    /// `inputs`: descriptors from outside the guest (a NIC's backend) the worker also waits on.
+    init(
+        device: any VirtioDevice, name: String, at description: VirtioMMIODeviceDescription, in machine: Machine,
+        inputs: [VirtioDeviceInput] = []
+    ) throws(VMMError) {
         self.description = description
         self.name = name
+        self.inputs = inputs
         do {
             notifications = try device.maximumQueueSizes.map { _ throws(KVMError) in try EventFD() }
             stopEvent = try EventFD()
@@ -108,20 +112,37 @@ final class VirtioDeviceRunner: PausableWorker, @unchecked Sendable {
 
     func resume() { gate.resume() }
 
-    /// Starts the I/O thread: it sleeps in poll(2) until a queue is notified or `stop` is called.
+    /// Starts the I/O thread: it sleeps in poll(2) until a queue is notified, an input the device
+    /// wants becomes readable, or `stop` is called.
     func start() throws(VMMError) {
         let descriptors = notifications.map(\.descriptor) + [stopEvent.descriptor, pauseEvent.descriptor]
         running.store(true, ordering: .releasing)
         thread = try OSThread(name: name) { [self] in
             defer { gate.workerEnded() }
             var waiting = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            waiting += inputs.map { _ in pollfd(fd: -1, events: Int16(POLLIN), revents: 0) }
+            let stopIndex = notifications.count
+            let pauseIndex = stopIndex + 1
+            let firstInput = pauseIndex + 1
             while true {
-                let ready = poll(&waiting, nfds_t(waiting.count), -1)
+                // An input is waited on only while the device is live and wants it (poll skips a
+                // negative descriptor), so a backend with data the device cannot take yet never spins.
+                var timeout: Int32 = -1
+                if transport.isLive {
+                    for (index, input) in inputs.enumerated() {
+                        let state = input.state()
+                        waiting[firstInput + index].fd = state.descriptor ?? -1
+                        if state.buffered { timeout = 0 }
+                    }
+                } else {
+                    for index in inputs.indices { waiting[firstInput + index].fd = -1 }
+                }
+                let ready = poll(&waiting, nfds_t(waiting.count), timeout)
                 if ready < 0 {
                     if errno == EINTR { continue }
                     break
                 }
-                if waiting[waiting.count - 1].revents != 0 {
+                if waiting[pauseIndex].revents != 0 {
                     pauseEvent.consume()
                     gate.parkIfRequested()
                 }
@@ -129,7 +150,10 @@ final class VirtioDeviceRunner: PausableWorker, @unchecked Sendable {
                     event.consume()
                     transport.serve(queue: index)
                 }
-                if waiting[waiting.count - 2].revents != 0 { break }
+                for (index, input) in inputs.enumerated() where waiting[firstInput + index].revents != 0 || (ready == 0 && timeout == 0) {
+                    transport.serve(queue: input.queue)
+                }
+                if waiting[stopIndex].revents != 0 { break }
             }
             // Serve what the guest made available before the stop, so no submitted write is dropped
             // (unless this takes longer than `drainTime`: then `stop` halts the transport).
@@ -173,6 +197,15 @@ final class VirtioDeviceRunner: PausableWorker, @unchecked Sendable {
     /// Stops this runner's I/O thread (see `stop(_:)`); returns whether it ended.
     @discardableResult
     func stop() -> Bool { Self.stop([self])[0] }
+}
+
+/// Something outside the guest that a device's I/O worker waits on besides the queue notifications:
+/// when `state()` gives a descriptor and it turns readable (or `buffered` says input is already
+/// waiting in the process), queue `queue` is served.
+struct VirtioDeviceInput: Sendable {
+    var queue: Int
+    /// Asked before every wait, on the worker thread: the descriptor to wait on now (nil: none).
+    var state: @Sendable () -> (descriptor: Int32?, buffered: Bool)
 }
 
 /// A virtio interrupt edge: one write to an irqfd, and KVM injects it.

@@ -154,6 +154,14 @@ public struct SplitVirtqueue: Sendable {
         throw .chainTooLong(head: head)
     }
 
+    /// Gives back the last `count` chains `nextChain` took and that were not used, so the next
+    /// calls take them again (a device that found too few buffers for a whole frame waits for more).
+    /// The driver may not touch an available chain until it is used (§2.7.13), so nothing changed.
+    public mutating func rewind(_ count: UInt16) {
+        precondition(count <= size, "rewind past more chains than the queue holds")
+        nextAvailable &-= count
+    }
+
     /// Returns chain `head` to the driver, saying the device wrote `length` bytes into its writable
     /// buffers, and publishes the new used idx.
     public mutating func addUsed(head: UInt16, length: UInt32, memory: GuestMemory) throws(VirtqueueError) {

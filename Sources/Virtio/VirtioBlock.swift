@@ -14,6 +14,12 @@ public protocol VirtioDevice: AnyObject, Sendable {
     /// Serves queue `index`: takes every available chain, handles it and returns it used.
     /// Returns how many chains were used. A thrown error means the queue is broken.
     func serve(queue index: Int, _ queue: inout SplitVirtqueue, memory: GuestMemory) throws(VirtqueueError) -> Int
+    /// The driver set FEATURES_OK with `features` accepted (§3.1.1 step 5); called on a vCPU thread.
+    func driverAccepted(features: UInt64)
+}
+
+extension VirtioDevice {
+    public func driverAccepted(features: UInt64) {}
 }
 
 /// virtio-blk (virtio 1.2 §5.2): one request queue over a `BlockStorage`.

@@ -3,6 +3,7 @@
 public enum Virtio {
     /// Device types (§5).
     public enum DeviceID {
+        public static let network: UInt32 = 1
         public static let block: UInt32 = 2
     }
 

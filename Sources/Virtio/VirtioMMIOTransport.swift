@@ -209,6 +209,8 @@ public final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
             let accepted = state.driverFeatures
             if accepted & ~device.features != 0 || accepted & Virtio.Feature.version1 == 0 {
                 status &= ~Virtio.Status.featuresOK
+            } else {
+                device.driverAccepted(features: accepted)
             }
         }
         state.status = status
@@ -352,6 +354,15 @@ public final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
                 return true
             }
             if stillCurrent { interrupt.trigger() }
+        }
+    }
+
+    /// Whether the driver has set DRIVER_OK and the device is not broken or failed: only then are
+    /// queues served (an I/O worker waits for outside input only while this holds).
+    public var isLive: Bool {
+        registers.withLock { state in
+            state.status & Virtio.Status.driverOK != 0 && state.status & Virtio.Status.deviceNeedsReset == 0
+                && state.status & Virtio.Status.failed == 0
         }
     }
 

@@ -16,7 +16,7 @@ enum SeccompSetup {
     /// Installs the VMM's filter on every thread; a failure is one line and exit status 1.
     static func install() {
         do {
-            try SeccompPolicy.vmm(ioctlRequests: KVMSystem.runtimeIoctlRequests).install()
+            try SeccompPolicy.vmm(ioctlRequests: KVMSystem.runtimeIoctlRequests + TapBackend.runtimeIoctlRequests).install()
         } catch {
             printError(error.description)
             exit(1)

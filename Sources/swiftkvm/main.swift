@@ -58,6 +58,13 @@ struct Run: ParsableCommand {
 
     @Option(
         name: .long,
+        help: ArgumentHelp(
+            "A virtio-net interface (repeatable): tap=NAME on a host tap, or user for user-mode networking through passt, with hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT to forward host ports in. Add ,mac=MAC to choose its address.",
+            valueName: "tap=NAME|user[,hostfwd=...][,mac=MAC]"))
+    var net: [String] = []
+
+    @Option(
+        name: .long,
         help: "Number of vCPUs (default: 1). Linux starts the others itself (INIT/SIPI); --firmware starts on every one at its entry point.")
     var cpus: Int?
 
@@ -200,13 +207,19 @@ struct Run: ParsableCommand {
             throw UsageError(error.description)
         }
         if case .firmware = boot, !configuration.disks.isEmpty { throw UsageError("--disk is for Linux guests (--kernel)") }
+        for argument in net {
+            do { configuration.networkInterfaces.append(try NetworkInterfaceConfig(argument: argument)) } catch {
+                throw UsageError("--net \(argument): \(error.description)")
+            }
+        }
+        if case .firmware = boot, !configuration.networkInterfaces.isEmpty { throw UsageError("--net is for Linux guests (--kernel)") }
         return configuration
     }
 
     /// --config replaces the options that describe a VM: giving both is ambiguous.
     func checkNoVMOptions() throws {
         let given: [(String, Bool)] = [
-            ("--kernel", kernel != nil), ("--initrd", initrd != nil), ("--cmdline", cmdline != nil), ("--disk", !disk.isEmpty),
+            ("--kernel", kernel != nil), ("--initrd", initrd != nil), ("--cmdline", cmdline != nil), ("--disk", !disk.isEmpty), ("--net", !net.isEmpty),
             ("--cpus", cpus != nil), ("--pit", pit != nil), ("--boot-entry", bootEntry != nil), ("--cpu-features", cpuFeatures != nil),
             ("--firmware", firmware != nil), ("--mode", mode != nil), ("--memory", memory != nil), ("--load", load != nil),
             ("--entry", entry != nil), ("--no-acpi", noACPI),

@@ -119,6 +119,27 @@ import Testing
         }
     }
 
+    /// NICs are checked before anything boots too. (Nothing here creates a tap or starts passt:
+    /// `lo` is refused by TUNSETIFF itself, the rest before any system call.)
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: Paths.testKernel), "no test kernel in the cache (make guest)"))
+    func unusableNetworksAreOneLineAndStatusTwo() throws {
+        for (options, message) in [
+            (["--net", "bogus"], "swiftkvm: --net bogus: 'bogus' is not a network backend: use tap=NAME or user"),
+            (["--net", "tap="], "swiftkvm: --net tap=: tap= needs a name: tap=NAME"),
+            (["--net", "user,hostfwd=tcp::2222:22"], "swiftkvm: --net user,hostfwd=tcp::2222:22: hostfwd=tcp::2222:22 is not tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT (for example tcp::2222-:22)"),
+            (["--net", "tap=lo"], "swiftkvm: lo exists and is not a tap device (or not one made for IFF_VNET_HDR)"),
+            (["--net", "tap=a-name-that-is-too-long"], "swiftkvm: network_interfaces[0].tap 'a-name-that-is-too-long' is not valid: an interface name of 1 to 15 characters"),
+        ] {
+            let result = try SwiftKVMProcess.run(["run", "--kernel", Paths.testKernel] + options)
+            #expect(result.status == 2, "\(options): \(result.stderr)")
+            #expect(result.stderrLines == [message], "\(options)")
+            #expect(result.stdout.isEmpty)
+        }
+        let firmware = try SwiftKVMProcess.run(["run", "--firmware", Paths.firmware("hello-long"), "--net", "user"])
+        #expect(firmware.status == 2)
+        #expect(firmware.stderrLines == ["swiftkvm: --net is for Linux guests (--kernel)"])
+    }
+
     /// A disk image this user may not write: the error says so and suggests ,readonly.
     @Test(.enabled(if: getuid() == 0 && FileManager.default.fileExists(atPath: Paths.testKernel), "needs root to drop privileges, and the test kernel"))
     func aDiskWithoutPermissionSaysWhatToDo() throws {
