@@ -93,7 +93,7 @@ public struct UnitGuest: Sendable {
     ///   - console: receives each byte the guest writes to COM1 as it is written (output is also collected in the result).
     ///   - prepare: runs after the program is loaded and before the guest starts: put test data in memory here.
     ///   - started: receives the machine just before its vCPU starts, e.g. to stop it from a signal handler.
-    ///   - memory: the RAM of an earlier run of this guest, kept across a reset (the program is
+    ///   - reused: the RAM of an earlier run of this guest, kept across a reset (the program is
     ///     copied in again; the rest stays as the guest left it). Its size must be `memorySize`.
     ///   - paused: start with the vCPUs parked, until `Machine.resume()`.
     public func run(
