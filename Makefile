@@ -71,8 +71,8 @@ nested-lane: test-guest
 test: deps firmware test-guest nested-lane docs
 	$(SWIFT) build --build-tests
 	$(MAKE) --no-print-directory api-check
-	$(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
+	$(SWIFT) test --skip-build
 
 # libFuzzer harnesses (Fuzz/Package.swift, a package of their own: libFuzzer supplies main), one
 # per parser or device that takes untrusted bytes; each is found by its seed corpus folder

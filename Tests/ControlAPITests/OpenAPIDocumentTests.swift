@@ -3,6 +3,7 @@ import Testing
 
 @testable import ControlAPI
 import ControlAPIMock
+import VMConfig
 
 /// docs/openapi.yaml and the router agree on paths and methods: every documented operation is
 /// routed, and every method the document leaves out of a path is a 405. (Bodies and statuses are
@@ -53,5 +54,20 @@ import ControlAPIMock
                 }
             }
         }
+    }
+
+    /// The configuration's choices, as the document lists them, are the ones VMConfig takes (a
+    /// new boot entry once reached GET /vm/config before the document knew it).
+    @Test func theDocumentedChoicesAreTheConfigurationsChoices() throws {
+        let text = try String(contentsOfFile: Self.document, encoding: .utf8)
+        func enumeration(after key: String, within section: String) -> [String]? {
+            guard let start = text.range(of: section) else { return nil }
+            guard let line = text[start.upperBound...].split(separator: "\n").first(where: { $0.contains("\(key): {") && $0.contains("enum:") }),
+                let open = line.range(of: "enum: ["), let close = line[open.upperBound...].firstIndex(of: "]")
+            else { return nil }
+            return line[open.upperBound..<close].split(separator: ",").map { $0.trimmingCharacters(in: CharacterSet(charactersIn: " '\"")) }
+        }
+        #expect(enumeration(after: "entry", within: "linux:") == LinuxBootSource.entries)
+        #expect(enumeration(after: "mode", within: "firmware:") == FirmwareBootSource.modes)
     }
 }
