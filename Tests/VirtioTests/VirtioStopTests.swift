@@ -41,7 +41,9 @@ final class GatedStorage: BlockStorage, @unchecked Sendable {
 /// A driver's reset (Status = 0) and a queue disable (QueueReady = 0) are not acknowledged while
 /// the device is still working on the queue, and the device takes no more chains once they were
 /// asked for (virtio 1.2 §2.4.1: after a reset the device must not touch the driver's buffers).
-@Suite("virtio reset and queue disable stop the device", .timeLimit(.minutes(1)))
+// The limit guards against a hang only (every wait inside is bounded): with the whole suite in
+// parallel on two cores, a test can wait minutes before its body gets a thread.
+@Suite("virtio reset and queue disable stop the device", .timeLimit(.minutes(10)))
 struct VirtioStopTests {
     struct Setup {
         let storage: GatedStorage
