@@ -16,6 +16,20 @@
  *   VBLK bench-start / VBLK bench-end requests 0x<n> bytes 0x<n>   (vblk.bench=MiB)
  *   VBLK DONE failures 0x<n>
  *
+ * Two hostile drivers, for the regression tests of what an audit found (issue 16):
+ *
+ *   vblk.reset=1   queues 8 large reads at once, resets the device (Status = 0) while it works
+ *                  on them, reads 0 back, then watches for a while: a device that goes on after
+ *                  its reset (virtio 1.2 §2.4.1 forbids it) changes the used index, a status byte
+ *                  or a buffer. Prints
+ *                  `VBLK reset used 0x<at the reset> later 0x<after> touched 0x<n> of 0x8`
+ *                  and powers off through the debug-exit port with the number of changes.
+ *   vblk.flood=1   first sends one request with a segment twice size_max (the device must refuse
+ *                  it: `VBLK oversized status 0x<status>`), then keeps the device busy for ever
+ *                  with batches that fill the queue (8 writes of 30 size_max segments, all
+ *                  aliasing one buffer): `VBLK flood batch 0x<n>` after each. The VMM must still
+ *                  stop at once when asked (its time limit, a signal).
+ *
  * The checksum is FNV-1a over 64-bit little-endian words: h = (h ^ word) * 0x100000001b3 from
  * h = 0xcbf29ce484222325. The write pattern's 64-bit word k (of the 512 words) is
  * 0x5357494654000000 + k ("SWIFT" and the index). Tests compute both on the host.
@@ -37,10 +51,11 @@ enum {
     CONFIG = 0x100,
 };
 enum { ACKNOWLEDGE = 1, DRIVER = 2, DRIVER_OK = 4, FEATURES_OK = 8 };
-enum { F_RO = 1u << 5, F_FLUSH = 1u << 9 };  /* low word; VERSION_1 is bit 0 of the high word */
+enum { F_SIZE_MAX = 1u << 1, F_SEG_MAX = 1u << 2, F_RO = 1u << 5, F_FLUSH = 1u << 9 };  /* low word; VERSION_1 is bit 0 of the high word */
 enum { T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8 };
 
-#define QUEUE_SIZE 8
+/* The device's largest queue (VirtioBlock.queueSize): the flood fills it with one request. */
+#define QUEUE_SIZE 256
 #define BENCH_REQUEST (512u * 1024u)
 
 struct descriptor { uint64_t address; uint32_t length; uint16_t flags; uint16_t next; };
@@ -158,7 +173,7 @@ static int initialize(uint32_t *offered)
         return 0;
     }
     reg_write(DRIVER_FEATURES_SEL, 0);
-    reg_write(DRIVER_FEATURES, *offered & (F_FLUSH | F_RO));
+    reg_write(DRIVER_FEATURES, *offered & (F_FLUSH | F_RO | F_SIZE_MAX | F_SEG_MAX));
     reg_write(DRIVER_FEATURES_SEL, 1);
     reg_write(DRIVER_FEATURES, 1);
     reg_write(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
@@ -222,6 +237,118 @@ static uint64_t checksum(uint64_t hash, const uint64_t *words, unsigned count)
     return hash;
 }
 
+/* Puts chain `head` (its descriptors already written) on the available ring without waiting. */
+static void offer(uint16_t head)
+{
+    available.ring[available.index % QUEUE_SIZE] = head;
+    __asm__ volatile("" ::: "memory");
+    available.index++;
+    __asm__ volatile("" ::: "memory");
+}
+
+/* Waits (bounded) for the used index to pass `target`; returns whether it did. */
+static int wait_used(uint16_t target)
+{
+    for (unsigned long spins = 0; (uint16_t)(*(volatile uint16_t *)&used.index - target) >= 0x8000u; spins++)
+        if (spins > 200000000ul)
+            return 0;
+    return 1;
+}
+
+#define RESET_REQUESTS 8
+#define RESET_SEGMENTS 30   /* 8 chains of 32 descriptors fill the 256-entry queue */
+static struct request_header reset_headers[RESET_REQUESTS];
+static volatile uint8_t reset_status[RESET_REQUESTS];
+static uint8_t reset_buffers[RESET_REQUESTS][BENCH_REQUEST] __attribute__((aligned(4096)));
+
+/* vblk.reset=1: the device must not touch a request once a reset has been acknowledged. */
+static unsigned reset_during_io(void)
+{
+    uint16_t next = 0;
+    for (unsigned r = 0; r < RESET_REQUESTS; r++) {
+        reset_headers[r] = (struct request_header){ T_IN, 0, 0 };
+        reset_status[r] = 0xFF;
+        uint64_t *words = (uint64_t *)reset_buffers[r];
+        words[0] = words[BENCH_REQUEST / 8 - 1] = 0xAAAAAAAAAAAAAAAAull;
+        uint16_t head = next;
+        descriptors[next] = (struct descriptor){ (uint64_t)(uintptr_t)&reset_headers[r], sizeof reset_headers[r], 1, (uint16_t)(next + 1) };
+        next++;
+        /* Every segment of a request aliases its one buffer: 30 x 512 KiB = 15 MiB of reading. */
+        for (unsigned k = 0; k < RESET_SEGMENTS; k++, next++)
+            descriptors[next] = (struct descriptor){ (uint64_t)(uintptr_t)reset_buffers[r], BENCH_REQUEST, 1 | 2, (uint16_t)(next + 1) };
+        descriptors[next++] = (struct descriptor){ (uint64_t)(uintptr_t)&reset_status[r], 1, 2, 0 };
+        offer(head);
+    }
+    reg_write(QUEUE_NOTIFY, 0);
+    /* Once the first request is back, the device is at work on the next ones: reset then. */
+    if (!wait_used(1)) {
+        puts("VBLK FAIL the first read was never answered\n");
+        return 1;
+    }
+    reg_write(STATUS, 0);
+    if (reg_read(STATUS) != 0) {
+        puts("VBLK FAIL the status does not read 0 after the reset\n");
+        return 1;
+    }
+    uint16_t at_reset = *(volatile uint16_t *)&used.index;
+    uint8_t statuses[RESET_REQUESTS];
+    uint64_t firsts[RESET_REQUESTS], lasts[RESET_REQUESTS];
+    for (unsigned r = 0; r < RESET_REQUESTS; r++) {
+        statuses[r] = reset_status[r];
+        firsts[r] = ((volatile uint64_t *)reset_buffers[r])[0];
+        lasts[r] = ((volatile uint64_t *)reset_buffers[r])[BENCH_REQUEST / 8 - 1];
+    }
+    /* Long enough for a device that went on to finish the batch: 2000 register reads, each an
+     * exit to the VMM (milliseconds on hardware KVM, more where ring 0 is emulated). */
+    for (unsigned i = 0; i < 2000; i++)
+        (void)reg_read(MAGIC);
+    uint16_t later = *(volatile uint16_t *)&used.index;
+    unsigned touched = later != at_reset;
+    for (unsigned r = 0; r < RESET_REQUESTS; r++)
+        touched += reset_status[r] != statuses[r] || ((volatile uint64_t *)reset_buffers[r])[0] != firsts[r]
+            || ((volatile uint64_t *)reset_buffers[r])[BENCH_REQUEST / 8 - 1] != lasts[r];
+    puts("VBLK reset used ");
+    put_hex(at_reset);
+    puts(" later ");
+    put_hex(later);
+    puts(" touched ");
+    put_hex(touched);
+    put_line_hex(" of ", RESET_REQUESTS);
+    return touched;
+}
+
+/* vblk.flood=1: an oversized request is refused; then the queue is kept full, for ever. */
+static void flood(uint32_t offered)
+{
+    uint32_t size_max = (offered & F_SIZE_MAX) ? *(volatile uint32_t *)(device + CONFIG + 8) : 8u << 20;
+    if (size_max > BENCH_REQUEST)
+        size_max = BENCH_REQUEST;   /* this guest's one buffer: every segment aliases it */
+    /* One segment of twice size_max (past the buffer's end: the device must refuse it unread). */
+    put_line_hex("VBLK oversized status ", request(T_OUT, 0, buffer, 2 * size_max, 0));
+    /* The 256-entry queue full: 8 writes of 30 segments (15 MiB each with a 512 KiB size_max). */
+    for (uint64_t n = 1;; n++) {
+        uint16_t next = 0;
+        for (unsigned r = 0; r < RESET_REQUESTS; r++) {
+            reset_headers[r] = (struct request_header){ T_OUT, 0, (uint64_t)r * RESET_SEGMENTS * (size_max / SECTOR) };
+            reset_status[r] = 0xFF;
+            uint16_t head = next;
+            descriptors[next] = (struct descriptor){ (uint64_t)(uintptr_t)&reset_headers[r], sizeof reset_headers[r], 1, (uint16_t)(next + 1) };
+            next++;
+            for (unsigned k = 0; k < RESET_SEGMENTS; k++, next++)
+                descriptors[next] = (struct descriptor){ (uint64_t)(uintptr_t)buffer, size_max, 1, (uint16_t)(next + 1) };
+            descriptors[next++] = (struct descriptor){ (uint64_t)(uintptr_t)&reset_status[r], 1, 2, 0 };
+            offer(head);
+        }
+        reg_write(QUEUE_NOTIFY, 0);
+        next_used += RESET_REQUESTS;
+        if (!wait_used(next_used)) {
+            puts("VBLK FAIL the flood was never answered\n");
+            return;
+        }
+        put_line_hex("VBLK flood batch ", n);
+    }
+}
+
 static const char *command_line_of(const unsigned char *boot_params)
 {
     uint64_t pointer = *(const uint32_t *)(boot_params + 0x228) | (uint64_t)*(const uint32_t *)(boot_params + 0x0C8) << 32;
@@ -249,6 +376,13 @@ int guest_main(const unsigned char *boot_params)
     puts("VBLK capacity ");
     put_hex(capacity);
     put_line_hex(" features ", offered);
+
+    if (option(command_line, "vblk.reset", 0))
+        return (int)reset_during_io();
+    if (option(command_line, "vblk.flood", 0)) {
+        flood(offered);
+        return 1;
+    }
 
     char id[21] = { 0 };
     if (request(T_GET_ID, 0, id, 20, 1) == 0) {
