@@ -36,10 +36,32 @@ public struct SeccompPolicy: Sendable {
     /// ioctl(2) is allowed only for these request numbers (compared on their low 32 bits, which
     /// is all the kernel looks at).
     public var ioctlRequests: [UInt]
+    /// What open(2) and openat(2) may do.
+    public var opens: Opens
 
-    public init(syscalls: [String], ioctlRequests: [UInt]) {
+    /// What a filtered process may open.
+    public enum Opens: Sendable {
+        /// Nothing: every open fails with EACCES.
+        case nothing
+        /// Files for reading only (no O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND, O_TMPFILE);
+        /// anything else fails with EACCES. A VMM that boots its guest again after a reset reads
+        /// the kernel and initrd again; it writes and creates nothing.
+        case readOnly
+    }
+
+    /// Which threads a filter goes on.
+    public enum Scope: Sendable {
+        /// Every thread of the process (SECCOMP_FILTER_FLAG_TSYNC), and every thread started later.
+        case process
+        /// The calling thread, and the threads it starts later. On a thread that has a filter
+        /// already, the two stack: a call must pass both.
+        case callingThread
+    }
+
+    public init(syscalls: [String], ioctlRequests: [UInt], opens: Opens = .nothing) {
         self.syscalls = syscalls
         self.ioctlRequests = ioctlRequests
+        self.opens = opens
     }
 
     /// Terminal ioctls the console uses: TCGETS, TCSETS, TCSETSW, TCSETSF (restoring the
@@ -51,6 +73,27 @@ public struct SeccompPolicy: Sendable {
         SeccompPolicy(syscalls: vmmSyscalls, ioctlRequests: ioctlRequests + terminalIoctlRequests)
     }
 
+    /// What the VMM's own threads need when it may build its machine again after a reset (a
+    /// restart action, a control API): `vmm`, and reading files (the kernel, the initrd, the
+    /// decompressed-kernel cache) and `buildRequests` (creating a VM, its memory, its vCPUs). It
+    /// still cannot exec, fork, create sockets, or open anything for writing. Its vCPU and device
+    /// threads stack `vmm` on top of it (`Scope.callingThread`): the threads that handle what the
+    /// guest writes get the strict list either way.
+    public static func rebuildingVMM(ioctlRequests: [UInt], buildRequests: [UInt]) -> SeccompPolicy {
+        SeccompPolicy(
+            syscalls: vmmSyscalls + [
+                "getdents64", "readlink", "readlinkat", "faccessat", "faccessat2", "access", "sysinfo", "sched_setaffinity", "uname", "getuid", "geteuid", "getgid", "getegid",
+            ],
+            ioctlRequests: ioctlRequests + buildRequests + terminalIoctlRequests, opens: .readOnly)
+    }
+
+    /// <asm-generic/fcntl.h>: the open(2) flags that write, create or truncate (O_TMPFILE
+    /// without its O_DIRECTORY bit, __O_TMPFILE).
+    static let writingOpenFlags: [UInt64] = [0o1, 0o2, 0o100, 0o1000, 0o2000, 0o20_000_000]
+    /// <linux/prctl.h>: PR_SET_SECCOMP and PR_SET_NO_NEW_PRIVS, which stacking a filter uses.
+    static let prSetSeccomp: UInt64 = 22
+    static let prSetNoNewPrivileges: UInt64 = 38
+
     /// The VMM's system calls after set-up, by job. clone is allowed separately (threads only),
     /// and clone3 fails with ENOSYS so glibc falls back to it; prctl only for PR_SET_NAME.
     public static let vmmSyscalls: [String] = [
@@ -58,7 +101,7 @@ public struct SeccompPolicy: Sendable {
         "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
         "close", "fstat", "newfstatat", "statx", "lseek", "flock", "fsync", "fdatasync", "fcntl",
         // The control API on its Unix socket (accepting, not creating sockets) and removing it at exit.
-        "accept4", "recvfrom", "sendto", "recvmsg", "sendmsg", "shutdown", "unlink", "unlinkat",
+        "accept", "accept4", "recvfrom", "sendto", "recvmsg", "sendmsg", "shutdown", "unlink", "unlinkat",
         // Event loops and waiting.
         "poll", "ppoll", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "eventfd2",
         "timerfd_create", "timerfd_settime", "timerfd_gettime", "signalfd4",
@@ -75,8 +118,9 @@ public struct SeccompPolicy: Sendable {
         "getrandom",
     ]
 
-    /// Installs the filter on every thread of this process. Irreversible.
-    public func install() throws(SandboxError) {
+    /// Installs the filter on every thread of this process, or on the calling thread (`scope`).
+    /// Irreversible.
+    public func install(_ scope: Scope = .process) throws(SandboxError) {
         guard csandbox_install_sigsys_handler() == 0 else { throw .signalHandler(errno: errno) }
         guard let context = seccomp_init(UInt32(SCMP_ACT_TRAP)) else { throw .seccomp(call: "seccomp_init", errno: ENOMEM) }
         defer { seccomp_release(context) }
@@ -107,8 +151,30 @@ public struct SeccompPolicy: Sendable {
         // /proc/sys/vm/overcommit_memory the first time a thread's arena shrinks its heap
         // (check_may_shrink_heap), which can come at any time, and takes a failed open as "no".
         // Nothing can be opened either way; a filter cannot look at the path to allow just that one.
-        for name in ["open", "openat", "openat2"] { try allow(name, action: 0x0005_0000 | UInt32(EACCES)) }
-        try check(seccomp_attr_set(context, SCMP_FLTATR_CTL_TSYNC, 1), "seccomp_attr_set(TSYNC)")
+        let refused = 0x0005_0000 | UInt32(EACCES)
+        switch opens {
+        case .nothing:
+            for name in ["open", "openat", "openat2"] { try allow(name, action: refused) }
+        case .readOnly:
+            // Allowed when no writing flag is set; refused when any one is (one rule per flag:
+            // a filter compares an argument for equality under a mask, it cannot say "not zero").
+            // openat2 passes its flags in memory, where the filter cannot look: refused.
+            for (name, flags) in [("open", UInt32(1)), ("openat", 2)] {
+                let mask = Self.writingOpenFlags.reduce(0, |)
+                try allow(name, [scmp_arg_cmp(arg: flags, op: SCMP_CMP_MASKED_EQ, datum_a: mask, datum_b: 0)])
+                for flag in Self.writingOpenFlags {
+                    try allow(name, [scmp_arg_cmp(arg: flags, op: SCMP_CMP_MASKED_EQ, datum_a: flag, datum_b: flag)], action: refused)
+                }
+            }
+            try allow("openat2", action: refused)
+        }
+        // Stacking a filter on a thread (the vCPU and device threads of a VM that can be rebuilt
+        // do, at their start) only ever takes rights away: allowed in every filter.
+        try allow("seccomp")
+        for option in [Self.prSetSeccomp, Self.prSetNoNewPrivileges] {
+            try allow("prctl", [scmp_arg_cmp(arg: 0, op: SCMP_CMP_EQ, datum_a: option, datum_b: 0)])
+        }
+        try check(seccomp_attr_set(context, SCMP_FLTATR_CTL_TSYNC, scope == .process ? 1 : 0), "seccomp_attr_set(TSYNC)")
         // Name every call the report may mention (strings kept for the life of the process).
         for call in Int32(0)..<1024 {
             if let name = seccomp_syscall_resolve_num_arch(UInt32(SCMP_ARCH_NATIVE), call) { csandbox_set_syscall_name(call, name) }

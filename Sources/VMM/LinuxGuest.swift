@@ -101,6 +101,13 @@ public final class LinuxGuest: @unchecked Sendable {
     public var networkDevices: [VirtioNet] { nics.map(\.device) }
     private let nics: [(device: VirtioNet, attachment: NetworkAttachment, runner: VirtioDeviceRunner)]
     private let clock = MonotonicClock()
+    /// The disk files and NIC attachments, this guest's own or kept by the caller across boots.
+    private let hostDevices: LinuxHostDevices
+    private let ownsHostDevices: Bool
+    private let stuck = Atomic<Bool>(false)
+    /// After `run`: a disk's or NIC's I/O thread did not end in time (it is still in a request).
+    /// Its file stays open, and kept host devices must not serve another boot.
+    public var hostDevicesStuck: Bool { stuck.load(ordering: .acquiring) }
 
     /// Everything up to the first instruction: files read and checked, memory laid out, kernel,
     /// initrd, command line and zero page loaded, devices placed, vCPUs created and set.
@@ -110,9 +117,13 @@ public final class LinuxGuest: @unchecked Sendable {
     ///
     /// `events` is the VMM's event loop, already running, that the emulated PIT's timer joins; the
     /// guest makes (and `run` runs) one of its own when it is nil.
+    ///
+    /// `hostDevices`, when given, are the disk files and NIC attachments of an earlier boot of the
+    /// same configuration, kept open across a reset (the caller closes them); without, the guest
+    /// opens its own and closes them when `run` returns.
     public init(
         _ configuration: LinuxGuestConfiguration, memory reused: GuestMemory? = nil, events loop: EventLoop? = nil,
-        console: @escaping (UInt8) -> Void
+        hostDevices kept: LinuxHostDevices? = nil, console: @escaping (UInt8) -> Void
     ) throws(VMMError) {
         if let loop {
             events = loop
@@ -134,25 +145,21 @@ public final class LinuxGuest: @unchecked Sendable {
         (entry, bootNote) = (kernel.entry, kernel.note)
         var initrd: [UInt8]?
         if let path = configuration.initrdPath { initrd = try readHostFile(path) }
-        // Disks are opened before anything else is set up, so a bad one is reported before boot.
         let virtioCount = configuration.disks.count + configuration.networkInterfaces.count
-        guard virtioCount <= VirtioMMIOLayout.interrupts.count else {
-            throw .configuration("at most \(VirtioMMIOLayout.interrupts.count) disks and network interfaces are supported, not \(virtioCount)")
-        }
-        var storages: [FileBlockStorage] = []
-        for disk in configuration.disks {
-            do { storages.append(try FileBlockStorage(path: disk.path, readOnly: disk.readOnly)) } catch {
-                throw .configuration(error.description)
+        let host: LinuxHostDevices
+        if let kept {
+            guard kept.storages.count == configuration.disks.count, kept.attachments.count == configuration.networkInterfaces.count else {
+                throw .configuration("the kept host devices do not match the configuration's disks and network interfaces")
             }
+            host = kept
+        } else {
+            host = try LinuxHostDevices(configuration)
         }
-        // NICs too: a missing tap, a tap in use, no passt, a port taken are all reported before boot.
-        var attachments: [NetworkAttachment] = []
-        for (index, interface) in configuration.networkInterfaces.enumerated() {
-            do { attachments.append(try NetworkAttachment(interface, index: index)) } catch {
-                for attachment in attachments { attachment.close() }
-                throw error
-            }
-        }
+        // On a later error: the caller closes its own; ours close when `host` goes (their deinits).
+        hostDevices = host
+        ownsHostDevices = kept == nil
+        let storages = host.storages
+        let attachments = host.attachments
         let locations = (0..<virtioCount).compactMap(VirtioMMIOLayout.device)
         let fullCommandLine = ([configuration.commandLine] + locations.map(\.commandLineArgument)).filter { !$0.isEmpty }
             .joined(separator: " ")
@@ -365,16 +372,63 @@ public final class LinuxGuest: @unchecked Sendable {
             // thread is stuck in a request is left open: closing could hand its descriptor number to
             // another file while that request still uses it.
             let ended = VirtioDeviceRunner.stop(diskRunners + nics.map(\.runner))
-            for (disk, done) in zip(disks, ended.prefix(disks.count)) where done {
-                (disk.device.storage as? FileBlockStorage)?.close()
-            }
-            for (nic, done) in zip(nics, ended.dropFirst(disks.count)) where done {
-                nic.attachment.close()
+            if ended.contains(false) { stuck.store(true, ordering: .releasing) }
+            if ownsHostDevices {
+                for (disk, done) in zip(disks, ended.prefix(disks.count)) where done {
+                    (disk.device.storage as? FileBlockStorage)?.close()
+                }
+                for (nic, done) in zip(nics, ended.dropFirst(disks.count)) where done {
+                    nic.attachment.close()
+                }
+            } else {
+                // Kept open for the next boot; what the guest wrote is on the host all the same.
+                for disk in disks { try? (disk.device.storage as? FileBlockStorage)?.flush() }
             }
         }
         for runner in diskRunners { try runner.start() }
         for nic in nics { try nic.runner.start() }
         return try machine.run(timeLimit: configuration.timeLimit, paused: paused)
+    }
+}
+
+/// The host side of a Linux VM's devices, which outlives a boot: its disk files and its NICs
+/// backends (a tap, or passt). Opened before the machine is built, so that a missing or locked
+/// disk, a missing tap, a missing passt or a taken port is reported before boot. A `VMInstance`
+/// keeps them across resets, as a PC keeps its disks: nothing is opened again (which the seccomp
+/// filter of a VM that can be rebuilt would not allow) and no write is between two files.
+public final class LinuxHostDevices: @unchecked Sendable {
+    // @unchecked: immutable after init; storages and attachments have their own rules.
+    let storages: [FileBlockStorage]
+    let attachments: [NetworkAttachment]
+
+    public init(_ configuration: LinuxGuestConfiguration) throws(VMMError) {
+        let virtioCount = configuration.disks.count + configuration.networkInterfaces.count
+        guard virtioCount <= VirtioMMIOLayout.interrupts.count else {
+            throw .configuration("at most \(VirtioMMIOLayout.interrupts.count) disks and network interfaces are supported, not \(virtioCount)")
+        }
+        var storages: [FileBlockStorage] = []
+        for disk in configuration.disks {
+            do { storages.append(try FileBlockStorage(path: disk.path, readOnly: disk.readOnly)) } catch {
+                for storage in storages { storage.close() }
+                throw .configuration(error.description)
+            }
+        }
+        var attachments: [NetworkAttachment] = []
+        for (index, interface) in configuration.networkInterfaces.enumerated() {
+            do { attachments.append(try NetworkAttachment(interface, index: index)) } catch {
+                for attachment in attachments { attachment.close() }
+                for storage in storages { storage.close() }
+                throw error
+            }
+        }
+        self.storages = storages
+        self.attachments = attachments
+    }
+
+    /// Syncs and closes the disks, ends passt and closes the NICs. Call once, when no boot uses them.
+    public func close() {
+        for storage in storages { storage.close() }
+        for attachment in attachments { attachment.close() }
     }
 }
 

@@ -190,7 +190,7 @@ public final class Machine: @unchecked Sendable {
         for (index, vcpu) in vcpus.enumerated() {
             let thread: OSThread
             do {
-                thread = try OSThread(name: "vcpu\(index)") { [self] in
+                thread = try OSThread(name: "vcpu\(index)", guestFacing: true) { [self] in
                     let report = runLoop(vcpu, index: index)
                     control.vcpuFinished()
                     let registers = try? vcpu.registers()

@@ -139,12 +139,17 @@ public final class VMInstance: @unchecked Sendable {
         let deadline = policy.timeLimit.map { clock.now + $0 }
         state.withLock { $0.started = clock.now }
         var memory: GuestMemory?
+        // A Linux VM's disk files and NICs, opened once and kept across its boots.
+        var hostDevices: LinuxHostDevices?
+        var devicesStuck = false
         var lastRun: RunReport?
         var milestones: BootMilestones?
         var boots = 0
         try events.start()
         defer {
             state.withLock { $0.machine = nil; $0.linux = nil }
+            // A disk whose I/O thread is stuck in a request stays open (its descriptor is in use).
+            if !devicesStuck { hostDevices?.close() }
             if ownsEvents { events.stop() }
         }
         while true {
@@ -158,12 +163,15 @@ public final class VMInstance: @unchecked Sendable {
             let report: RunReport
             switch configuration.boot {
             case .linux:
+                let linuxConfiguration = try LinuxGuestConfiguration(configuration, policy: bootPolicy)
+                if hostDevices == nil { hostDevices = try LinuxHostDevices(linuxConfiguration) }
                 let guest = try LinuxGuest(
-                    LinuxGuestConfiguration(configuration, policy: bootPolicy), memory: memory, events: events, console: console)
+                    linuxConfiguration, memory: memory, events: events, hostDevices: hostDevices, console: console)
                 memory = guest.machine.memory
                 milestones = guest.machine.milestones
                 publish(machine: guest.machine, linux: guest, boot: boots)
                 report = try guest.run(paused: startPaused)
+                devicesStuck = guest.hostDevicesStuck
             case .firmware:
                 let guest = try UnitGuest(configuration, policy: bootPolicy)
                 let run: GuestRun
@@ -191,7 +199,9 @@ public final class VMInstance: @unchecked Sendable {
                 defer { current.forceRestart = false }
                 return current.forceRestart
             }
-            let action = forced ? .restart : action(for: report.outcome)
+            var action = forced ? .restart : action(for: report.outcome)
+            // A disk still busy with a request of the last boot cannot serve the next one.
+            if devicesStuck, action == .restart { action = .destroy }
             switch action {
             case .restart?:
                 continue

@@ -117,7 +117,7 @@ final class VirtioDeviceRunner: PausableWorker, @unchecked Sendable {
     func start() throws(VMMError) {
         let descriptors = notifications.map(\.descriptor) + [stopEvent.descriptor, pauseEvent.descriptor]
         running.store(true, ordering: .releasing)
-        thread = try OSThread(name: name) { [self] in
+        thread = try OSThread(name: name, guestFacing: true) { [self] in
             defer { gate.workerEnded() }
             var waiting = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
             waiting += inputs.map { _ in pollfd(fd: -1, events: Int16(POLLIN), revents: 0) }

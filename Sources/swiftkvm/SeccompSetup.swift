@@ -3,35 +3,88 @@ import Sandbox
 import VMConfig
 import VMM
 
-/// `--seccomp on|off`: the system-call allow-list (`SeccompPolicy.vmm`) installed once the machine
-/// is built, right before its vCPUs start.
+/// `--seccomp on|off`: the system-call allow-list installed once the machine is built, right
+/// before its vCPUs start.
 enum SeccompSetup {
-    /// Whether the filter can go on for `vm`: not when the VMM may have to build a machine again
-    /// after the first boot (a restart action, or a control API that can ask for a hard reset),
-    /// since that opens files and creates a VM, which the filter forbids.
-    static func applies(to vm: VMConfiguration, apiSocket: String?) -> Bool {
-        apiSocket == nil && ![vm.onPowerOff, vm.onReboot, vm.onCrash].contains(.restart)
+    /// Which filter a VM gets.
+    enum Mode: Equatable {
+        /// `SeccompPolicy.vmm` on every thread: a VM that is built once.
+        case strict
+        /// A VM the VMM may build again after the first boot (a restart action, or a control API
+        /// that can ask for a hard reset): `SeccompPolicy.rebuildingVMM` on the VMM's own threads
+        /// (it reads the kernel again and makes a new KVM VM), and `vmm` stacked on every vCPU
+        /// and device thread, the ones that handle what the guest writes.
+        case rebuilding
     }
 
-    /// Installs the VMM's filter on every thread; a failure is one line and exit status 1.
-    static func install() {
+    static func mode(for vm: VMConfiguration, apiSocket: String?) -> Mode {
+        apiSocket == nil && ![vm.onPowerOff, vm.onReboot, vm.onCrash].contains(.restart) ? .strict : .rebuilding
+    }
+
+    static var strictPolicy: SeccompPolicy {
+        SeccompPolicy.vmm(ioctlRequests: KVMSystem.runtimeIoctlRequests + TapBackend.runtimeIoctlRequests)
+    }
+
+    /// Installs the VMM's filter; a failure is one line and exit status 1.
+    static func install(_ mode: Mode = .strict) {
         do {
-            try SeccompPolicy.vmm(ioctlRequests: KVMSystem.runtimeIoctlRequests + TapBackend.runtimeIoctlRequests).install()
+            switch mode {
+            case .strict:
+                try strictPolicy.install()
+            case .rebuilding:
+                try SeccompPolicy.rebuildingVMM(
+                    ioctlRequests: KVMSystem.runtimeIoctlRequests + TapBackend.runtimeIoctlRequests,
+                    buildRequests: KVMSystem.buildIoctlRequests
+                ).install()
+                let strict = strictPolicy
+                GuestFacingThreads.onStart {
+                    do { try strict.install(.callingThread) } catch {
+                        printError("\(error)")
+                        exit(1)
+                    }
+                }
+            }
         } catch {
             printError(error.description)
             exit(1)
         }
     }
 
-    /// For the tests, which cannot fork inside their own process: with
-    /// `SWIFTKVM_SECCOMP_SELFTEST=execve` in the environment, installs the filter and then calls
-    /// execve(2), which the filter must stop with its one-line report and status 159.
+    /// For the tests, which cannot fork inside their own process: with `SWIFTKVM_SECCOMP_SELFTEST`
+    /// in the environment, installs a filter and checks it from inside.
+    /// - `execve`: the strict filter, then execve(2), which it must stop with its one-line report
+    ///   and status 159.
+    /// - `rebuilding-opens PATH`: the filter of a VM that can be rebuilt; PATH (a file that
+    ///   exists) must open for reading and refuse, with EACCES, to open for writing or to be
+    ///   created next to it. Prints one line per open and exits 0 when all went as they must.
     static func runSelfTestIfAsked() {
-        guard let value = getenv("SWIFTKVM_SECCOMP_SELFTEST").map({ String(cString: $0) }), value == "execve" else { return }
-        install()
-        let arguments: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
-        execv("/bin/true", arguments)
-        printError("seccomp self-test: execve was not stopped (\(String(cString: strerror(errno))))")
-        exit(1)
+        guard let value = getenv("SWIFTKVM_SECCOMP_SELFTEST").map({ String(cString: $0) }) else { return }
+        switch value {
+        case "execve":
+            install()
+            let arguments: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
+            execv("/bin/true", arguments)
+            printError("seccomp self-test: execve was not stopped (\(String(cString: strerror(errno))))")
+            exit(1)
+        case let test where test.hasPrefix("rebuilding-opens "):
+            let path = String(test.dropFirst("rebuilding-opens ".count))
+            install(.rebuilding)
+            var failures = 0
+            for (what, file, flags, allowed) in [
+                ("read", path, O_RDONLY | O_CLOEXEC, true), ("write", path, O_WRONLY, false), ("read-write", path, O_RDWR, false),
+                ("append", path, O_WRONLY | O_APPEND, false), ("create", path + ".new", O_RDONLY | O_CREAT, false),
+                ("truncate", path, O_RDONLY | O_TRUNC, false),
+            ] {
+                let descriptor = open(file, flags, 0o644)
+                let error = errno
+                if descriptor >= 0 { close(descriptor) }
+                let result = descriptor >= 0 ? "opened" : "refused (\(String(cString: strerror(error))))"
+                print("\(what): \(result)")
+                if allowed ? descriptor < 0 : (descriptor >= 0 || error != EACCES) { failures += 1 }
+            }
+            exit(failures == 0 ? 0 : 1)
+        default:
+            return
+        }
     }
 }

@@ -34,8 +34,12 @@ struct Serve: ParsableCommand {
     @Flag(name: .long, help: "At the end, print exits by reason and by device and time per vCPU on standard error.")
     var stats = false
 
+    @Option(name: .long, help: ArgumentHelp("The seccomp filter once the guest runs: on (the default; the VMM's own threads may still read files and rebuild the VM after a reset, its vCPU and device threads get the strict list) or off, for debugging.", valueName: "on|off"))
+    var seccomp: String = "on"
+
     func run() throws {
         Glibc.signal(SIGPIPE, SIG_IGN)
+        guard seccomp == "on" || seccomp == "off" else { throw UsageError("--seccomp must be on or off, not '\(seccomp)'") }
         var limit: Duration?
         if let timeLimit {
             guard timeLimit > 0, timeLimit < 1e9 else { throw UsageError("--time-limit must be a positive number of seconds") }
@@ -56,8 +60,10 @@ struct Serve: ParsableCommand {
         let policy = RunPolicy(timeLimit: limit)
         let controller = InstanceController(
             output: output,
-            makeInstance: { configuration throws(VMMError) in
-                try VMInstance(configuration, policy: policy, events: events) { output.append($0) }
+            makeInstance: { [seccomp] configuration throws(VMMError) in
+                let instance = try VMInstance(configuration, policy: policy, events: events) { output.append($0) }
+                if seccomp == "on" { instance.beforeFirstBoot { SeccompSetup.install(.rebuilding) } }
+                return instance
             },
             onStart: { handoff.give($0) })
         let server = ControlServer(path: apiSocket, controller: controller)

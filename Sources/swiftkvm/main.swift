@@ -128,7 +128,7 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "At the end, print exits by reason and by device, time in KVM_RUN and in the VMM per vCPU, and boot milestones, on standard error.")
     var stats = false
 
-    @Option(name: .long, help: ArgumentHelp("The seccomp filter: on (the default) allows the VMM only the system calls it needs once the guest runs; off is for debugging. A VM that can be rebuilt (an on_* action of restart, or --api-socket) runs without it.", valueName: "on|off"))
+    @Option(name: .long, help: ArgumentHelp("The seccomp filter: on (the default) allows the VMM only the system calls it needs once the guest runs; off is for debugging. A VM that can be rebuilt after a reset (an on_* action of restart, or --api-socket) may also read files and make a new KVM VM on the VMM's own threads; its vCPU and device threads get the strict list.", valueName: "on|off"))
     var seccomp: String = "on"
 
     func run() throws {
@@ -288,7 +288,10 @@ struct Run: ParsableCommand {
         } catch {
             throw UsageError(error.description)
         }
-        if seccomp == "on", SeccompSetup.applies(to: vm, apiSocket: apiSocket) { instance.beforeFirstBoot { SeccompSetup.install() } }
+        if seccomp == "on" {
+            let mode = SeccompSetup.mode(for: vm, apiSocket: apiSocket)
+            instance.beforeFirstBoot { SeccompSetup.install(mode) }
+        }
         var server: ControlServer?
         if let apiSocket {
             let started = ControlServer(path: apiSocket, controller: InstanceController(instance: instance, output: output))
