@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// A response as the server writes it: a status, a few header fields and a JSON body (or none).
 public struct HTTPResponse: Sendable, Equatable {

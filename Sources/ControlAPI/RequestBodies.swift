@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import VMConfig
 
 // The JSON bodies the API takes, with Firecracker's field names (its swagger document,

@@ -236,6 +236,7 @@ public enum StatisticsTable {
             lines.append("  resident memory (last sample, /proc/self/smaps)")
             lines.append(left("    VMM (all but guest RAM)", 27) + right(mebibytes(memory.overhead), 14))
             if let peak = memory.peakOverhead { lines.append(left("    VMM, peak while running", 27) + right(mebibytes(peak), 14)) }
+            lines.append(left("    VMM, anonymous", 27) + right(mebibytes(memory.anonymousOverhead), 14) + "  (the rest: pages of shared libraries)")
             lines.append(left("    guest RAM", 27) + right(mebibytes(memory.guest), 14))
             if let peak = memory.peakTotal { lines.append(left("    peak total (VmHWM)", 27) + right(mebibytes(peak), 14)) }
         }

@@ -16,15 +16,21 @@ public struct ResidentMemory: Equatable, Sendable {
     public let peakTotal: UInt64?
     /// The highest `overhead` a `ResidentMemorySampler` saw over a run; nil for a single measurement.
     public let peakOverhead: UInt64?
+    /// Anonymous bytes of every mapping but guest RAM (`Anonymous:`): the heap, the stacks, the
+    /// libraries' written data — what one more VMM process adds. The rest of `overhead` is pages
+    /// of the binary and its shared libraries, read from their files and shared by every process
+    /// that maps them.
+    public let anonymousOverhead: UInt64
 
     /// What the VMM itself keeps resident: everything but guest RAM.
     public var overhead: UInt64 { total >= guest ? total - guest : 0 }
 
-    public init(total: UInt64, guest: UInt64, peakTotal: UInt64?, peakOverhead: UInt64? = nil) {
+    public init(total: UInt64, guest: UInt64, peakTotal: UInt64?, peakOverhead: UInt64? = nil, anonymousOverhead: UInt64 = 0) {
         self.total = total
         self.guest = guest
         self.peakTotal = peakTotal
         self.peakOverhead = peakOverhead
+        self.anonymousOverhead = anonymousOverhead
     }
 
     /// Measures this process now, counting the mappings that overlap `memory`'s regions as guest RAM.
@@ -47,6 +53,7 @@ public struct ResidentMemory: Equatable, Sendable {
     public static func parse(smaps: String, status: String?, guestRanges: [Range<UInt64>]) -> ResidentMemory {
         var total: UInt64 = 0
         var guest: UInt64 = 0
+        var anonymous: UInt64 = 0
         var inGuestMapping = false
         for line in smaps.split(separator: "\n", omittingEmptySubsequences: true) {
             if let range = mappingRange(line) {
@@ -54,10 +61,12 @@ public struct ResidentMemory: Equatable, Sendable {
             } else if line.hasPrefix("Rss:"), let bytes = kilobytes(line) {
                 total &+= bytes
                 if inGuestMapping { guest &+= bytes }
+            } else if line.hasPrefix("Anonymous:"), !inGuestMapping, let bytes = kilobytes(line) {
+                anonymous &+= bytes
             }
         }
         let peak = status?.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }.flatMap(kilobytes)
-        return ResidentMemory(total: total, guest: guest, peakTotal: peak)
+        return ResidentMemory(total: total, guest: guest, peakTotal: peak, anonymousOverhead: anonymous)
     }
 
     /// A mapping's header line, `start-end perms offset dev inode [path]`: its address range.
@@ -156,7 +165,11 @@ public final class ResidentMemorySampler: @unchecked Sendable {
         running.store(false, ordering: .relaxed)
         finished.wait()
         return state.withLock { state in
-            state.last.map { ResidentMemory(total: $0.total, guest: $0.guest, peakTotal: $0.peakTotal, peakOverhead: state.peakOverhead) }
+            state.last.map {
+                ResidentMemory(
+                    total: $0.total, guest: $0.guest, peakTotal: $0.peakTotal, peakOverhead: state.peakOverhead,
+                    anonymousOverhead: $0.anonymousOverhead)
+            }
         }
     }
 }

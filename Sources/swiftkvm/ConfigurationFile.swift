@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import VMConfig
 
 /// `--config FILE` and `--print-config`: a `VMConfiguration` as JSON, with errors a person can act on.
@@ -45,7 +45,7 @@ struct ConfigurationFileError: Error, CustomStringConvertible {
             description = "\(path(context)) is null: expected \(Self.name(of: type))"
         case .dataCorrupted(let context):
             if context.codingPath.isEmpty, let underlying = context.underlyingError {
-                description = "not valid JSON (\(underlying.localizedDescription))"
+                description = "not valid JSON (\(String(describing: underlying)))"
             } else if context.codingPath.isEmpty {
                 description = "not valid JSON: \(context.debugDescription)"
             } else {

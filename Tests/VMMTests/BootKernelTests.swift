@@ -148,18 +148,22 @@ private func gzip(_ bytes: [UInt8]) throws -> [UInt8] {
             00400000-00452000 r-xp 00000000 08:02 173521      /usr/bin/swiftkvm
             Size:                328 kB
             Rss:                 300 kB
+            Anonymous:             0 kB
             7f0000000000-7f0010000000 rw-p 00000000 00:00 0
             Size:             262144 kB
             Rss:               20480 kB
             Pss:               20480 kB
+            Anonymous:         20480 kB
             7f1000000000-7f1000100000 rw-p 00000000 00:00 0      [heap]
             Rss:                1024 kB
+            Anonymous:          1000 kB
             """
         let status = "Name:\tswiftkvm\nVmHWM:\t   30000 kB\nVmRSS:\t 21804 kB\n"
         let memory = ResidentMemory.parse(smaps: smaps, status: status, guestRanges: [0x7F00_0000_0000..<0x7F00_1000_0000])
         #expect(memory.total == (300 + 20480 + 1024) * 1024)
         #expect(memory.guest == 20480 * 1024)
         #expect(memory.overhead == 1324 * 1024)
+        #expect(memory.anonymousOverhead == 1000 * 1024, "guest RAM's anonymous pages are not the VMM's")
         #expect(memory.peakTotal == 30000 * 1024)
     }
 
