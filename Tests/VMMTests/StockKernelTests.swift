@@ -165,10 +165,10 @@ enum KVMLane: CustomStringConvertible {
         let first = try runSwiftKVM(arguments, input: input, deadline: deadline)
         guard self == .nested else { return first }
         let reason: String
-        if first.status == 125, let line = first.lines.first(where: { $0.hasPrefix("nested-kvm: error:") }) {
+        // Not prefixes: a line can follow the guest's last, unfinished one (its shell prompt "/ # ").
+        if first.status == 125, let line = first.lines.first(where: { $0.contains("nested-kvm: error:") }) {
             reason = "the nested lane failed (\(line)); its output ended:\n\(first.tail)\n"
         } else if let line = first.lines.first(where: { $0.contains("swiftkvm: the guest shut down (triple fault") }) {
-            // Not a prefix: the line can follow the guest's last, unfinished one ("smp: Bswiftkvm: …").
             reason = "the inner guest triple-faulted (\(line)); its output ended:\n\(first.tail)\n"
         } else {
             return first
