@@ -270,13 +270,12 @@ build_test_initramfs() {
 	gcc -static -nostdlib -ffreestanding -fno-builtin -O2 -fno-stack-protector -fno-pie -no-pie \
 		-o "$tmp/blkbench" "$HERE/tools/blkbench.c" || die "cannot build tools/blkbench.c"
 	echo "file /bin/blkbench $tmp/blkbench 755" >>"$tmp/list"
-	# Networking for virtio-net tests: busybox's network applets and udhcpc's script.
+	# Networking for virtio-net tests: busybox's network applets and udhcpc's script, where
+	# Debian's busybox looks for it (/etc/udhcpc/default.script; upstream's is under /usr/share).
 	{
 		for a in $NET_APPLETS; do echo "slink /bin/$a busybox 777"; done
-		echo "dir /usr 755"
-		echo "dir /usr/share 755"
-		echo "dir /usr/share/udhcpc 755"
-		echo "file /usr/share/udhcpc/default.script $HERE/init/udhcpc.script 755"
+		echo "dir /etc/udhcpc 755"
+		echo "file /etc/udhcpc/default.script $HERE/init/udhcpc.script 755"
 	} >>"$tmp/list"
 	# Also keep the uncompressed archive: on KVM-PVM the kernel's gunzip of
 	# ~1 MB (emulated ring 0) costs ~45 s of the boot.

@@ -113,6 +113,9 @@ public struct SeccompPolicy: Sendable {
         "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday",
         // Signals (the vCPU kick, SIGINT/SIGTERM, this filter's SIGSYS).
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "restart_syscall", "sigaltstack", "tgkill", "tkill", "getpid", "gettid",
+        // passt, the user-mode network's child: reaped (wait4, only ever a child of ours) and,
+        // if it lingers, signalled through its pidfd — never kill(2), which takes any pid.
+        "wait4", "waitid", "pidfd_send_signal",
         // The end.
         "exit", "exit_group",
         "getrandom",

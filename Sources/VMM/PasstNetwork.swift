@@ -1,3 +1,4 @@
+import CNet
 import Glibc
 import VMConfig
 import Virtio
@@ -14,6 +15,8 @@ final class PasstProcess: @unchecked Sendable {
     // @unchecked: `processID` changes only in stop(), called once by the thread that owns the VM.
     let backend: StreamBackend
     private(set) var processID: pid_t
+    /// passt's pidfd (-1 if the kernel has none): stop() signals passt through it, never by pid.
+    private var processDescriptor: Int32 = -1
     /// The descriptor number passt is given its end of the pair as.
     static let childDescriptor: Int32 = 3
 
@@ -47,6 +50,7 @@ final class PasstProcess: @unchecked Sendable {
             throw .configuration("cannot start \(executable): \(String(cString: strerror(result)))")
         }
         processID = pid
+        processDescriptor = cnet_pidfd_open(pid)
         backend = StreamBackend(descriptor: pair[0], peerName: "passt (\(interfaceName))")
         // passt checks its options and the namespace's interfaces at once; one that exits within
         // the first moments has said why on standard error.
@@ -54,6 +58,8 @@ final class PasstProcess: @unchecked Sendable {
             var status: Int32 = 0
             if waitpid(pid, &status, WNOHANG) == pid {
                 processID = 0
+                if processDescriptor >= 0 { Glibc.close(processDescriptor) }
+                processDescriptor = -1
                 backend.close()
                 throw .configuration(
                     "passt exited at once (status \(status >> 8)): see its message above; it needs a network interface with a default route")
@@ -70,13 +76,21 @@ final class PasstProcess: @unchecked Sendable {
         guard processID > 0 else { return }
         let pid = processID
         processID = 0
+        let descriptor = processDescriptor
+        processDescriptor = -1
+        defer { if descriptor >= 0 { Glibc.close(descriptor) } }
+        // Through the pidfd: until passt is reaped its pid is ours, but the seccomp filter allows
+        // no kill(2) (a pid is any process); pidfd_send_signal reaches this process only.
+        func signal(_ number: Int32) {
+            if descriptor >= 0 { _ = cnet_pidfd_send_signal(descriptor, number) } else { kill(pid, number) }
+        }
         for attempt in 0..<200 {
             var status: Int32 = 0
             if waitpid(pid, &status, WNOHANG) == pid { return }
-            if attempt == 100 { kill(pid, SIGTERM) }
+            if attempt == 100 { signal(SIGTERM) }
             usleep(5000)
         }
-        kill(pid, SIGKILL)
+        signal(SIGKILL)
         var status: Int32 = 0
         waitpid(pid, &status, 0)
     }

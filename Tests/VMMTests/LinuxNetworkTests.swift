@@ -112,11 +112,10 @@ struct LinuxNetworkTests {
         #expect(run.output.contains("the guest rebooted"))
     }
 
-    // Disabled (2026-12-07): in its only runs the guest never finished its script and ran into the
-    // 1300 s limit; which step hangs (DHCP from passt, the fetch through the gateway, or the
-    // forwarded port HOST.md already saw fail with this passt) is not known yet. The device and
-    // passt's framing are covered without Linux (StreamBackendTests, VirtioNetTests). Issue 13 stays open.
-    @Test(.disabled("the passt Linux run hangs; cause not found yet (see the comment)"), .timeLimit(.minutes(25)))
+    // It hung in every run until 2026-12-08: Debian's busybox looks for udhcpc's script at
+    // /etc/udhcpc/default.script, the initramfs had it under /usr/share, so the lease was never
+    // applied (eth0 stayed down, then without an address) and udhcpc spun on "Network is down".
+    @Test(.timeLimit(.minutes(25)))
     func userModeGetsDHCPReachesTheHostsLoopbackAndTakesAForwardedPort() throws {
         // passt needs an interface with a default route: a veth to a peer namespace, documentation addresses.
         let namespace = try TestNamespace(tag: "user")

@@ -44,4 +44,13 @@ static const int CNET_CLONE_NEWNET = CLONE_NEWNET;
 /// Moves the calling thread into the namespace `fd` refers to; returns what setns(2) returns.
 int cnet_setns(int fd, int nstype);
 
+// MARK: - Process descriptors (pidfd_open(2), pidfd_send_signal(2); Linux 5.3)
+// A child's pidfd names that process and no other, even after its pid is reused: the VMM signals
+// passt through it, which a seccomp filter can allow where it must refuse kill(2) on any pid.
+
+/// Returns a pidfd for `pid` (close-on-exec), or -1 with errno.
+int cnet_pidfd_open(int pid);
+/// Sends `signal` to the process `pidfd` names; returns what pidfd_send_signal(2) returns.
+int cnet_pidfd_send_signal(int pidfd, int signal);
+
 #endif
