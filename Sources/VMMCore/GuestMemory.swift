@@ -77,6 +77,47 @@ public final class GuestMemory: @unchecked Sendable {
         regions = mapped
     }
 
+    /// Maps each region of a memory file written by a snapshot, `MAP_PRIVATE`: pages are read
+    /// from the file only when the guest (or KVM) first touches them, and a write makes a private
+    /// copy, so the file stays as it was and two VMs restored from it never see each other's
+    /// writes. `layout` gives each region's guest address, size and offset in the file; the
+    /// same checks as for anonymous memory apply, and every region must lie inside the file.
+    public init(
+        mappingFile descriptor: Int32, fileSize: Int, layout: [(start: GuestAddress, size: Int, offset: Int)]
+    ) throws(GuestMemoryError) {
+        let sorted = layout.sorted { $0.start < $1.start }
+        var previousEnd: UInt64 = 0
+        for (index, block) in sorted.enumerated() {
+            guard block.size > 0, block.size % 4096 == 0, block.start.rawValue % 4096 == 0, block.offset >= 0,
+                block.offset % 4096 == 0
+            else {
+                throw .invalidLayout("region at \(block.start) of \(block.size) bytes is empty or not 4 KiB aligned")
+            }
+            guard index == 0 || block.start.rawValue >= previousEnd else {
+                throw .invalidLayout("region at \(block.start) overlaps the one before it")
+            }
+            guard let end = block.start.adding(UInt64(block.size)) else {
+                throw .invalidLayout("region at \(block.start) passes the end of the address space")
+            }
+            let (fileEnd, overflow) = block.offset.addingReportingOverflow(block.size)
+            guard !overflow, fileEnd <= fileSize else {
+                throw .invalidLayout("region at \(block.start) needs bytes \(block.offset)..<\(fileEnd) of a \(fileSize)-byte memory file")
+            }
+            previousEnd = end.rawValue
+        }
+        var mapped: [GuestMemoryRegion] = []
+        for block in sorted {
+            let pointer = mmap(nil, block.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, descriptor, off_t(block.offset))
+            guard let pointer, pointer != MAP_FAILED else {
+                let error = errno
+                for region in mapped { munmap(region.host, region.size) }
+                throw .allocationFailed(size: block.size, errno: error)
+            }
+            mapped.append(GuestMemoryRegion(start: block.start, size: block.size, host: pointer))
+        }
+        regions = mapped
+    }
+
     /// One region of `size` bytes at guest address 0.
     public convenience init(size: Int) throws(GuestMemoryError) {
         try self.init(layout: [(start: GuestAddress(0), size: size)])
