@@ -400,7 +400,12 @@ extension VCPU {
         if let xcrs = state.xcrs { try setXCRs(xcrs) }
         try setDebugRegisters(state.debugRegisters)
         if let apic = state.localAPIC { try setLocalAPIC(apic) }
-        try setMSRs(state.msrs)
+        // Only the MSRs whose saved value differs from the new vCPU's are written: KVM refuses
+        // writes to some MSRs of its own list in some states (MSR_KVM_ASYNC_PF_ACK while async
+        // page faults are off, measured on KVM-PVM) even of the value they already hold, and a
+        // value that is already there needs no write. A differing value KVM refuses is an error.
+        let current = Dictionary(try msrs(state.msrs.map(\.index)).map { ($0.index, $0.value) }, uniquingKeysWith: { first, _ in first })
+        try setMSRs(state.msrs.filter { current[$0.index] != $0.value })
         try setEvents(state.events)
     }
 }

@@ -406,14 +406,14 @@ extension Machine {
     /// Creates one vCPU per saved state and restores each, after checking that this host can run
     /// it: the same TSC frequency (KVM_CAP_TSC_CONTROL is needed to scale it, and the guest's
     /// clocks were calibrated against it), the CPU features the guest saw (`offered(index)` is the
-    /// CPUID this host would give vCPU `index` today), KVM's MSR list and XSAVE size.
+    /// CPUID this host would give vCPU `index` today, as KVM reads it back), KVM's MSR list and
+    /// XSAVE size.
     public func restoreVCPUs(_ states: [VCPUState], offered: (Int) -> [CPUIDEntry]) throws(SnapshotError) {
         guard vcpus.isEmpty else { throw .notApplicable("the machine has vCPUs already") }
         let indices: Set<UInt32>
         do { indices = Set(try system.msrIndexList()) } catch { throw .vmm(.kvm(error)) }
         let xsaveSize = system.xsaveSize
         for (index, saved) in states.enumerated() {
-            try MachineSnapshot.checkFeatures(saved: saved.cpuid, offered: offered(index), vcpu: index)
             if let unknown = saved.msrs.first(where: { !indices.contains($0.index) }) {
                 throw .incompatibleHost("vCPU \(index) has MSR 0x\(String(unknown.index, radix: 16)), which this host's KVM does not save or restore")
             }
@@ -424,9 +424,14 @@ extension Machine {
                 throw .incompatibleHost("vCPU \(index) has an XSAVE area and this host's KVM has no XSAVE")
             default: break
             }
+            // The vCPU is made with the CPUID this host would give it today and that is read back
+            // (KVM_GET_CPUID2): what KVM really gives a guest here, with any bits the host forces
+            // on (KVM-PVM does) — the saved CPUID was read back the same way, so like is compared
+            // with like. Then the saved CPUID replaces it (before the first KVM_RUN, KVM allows it).
             let vcpu: VCPU
-            do { vcpu = try addVCPU(cpuid: saved.cpuid) } catch { throw .vmm(error) }
+            do { vcpu = try addVCPU(cpuid: offered(index)) } catch { throw .vmm(error) }
             do {
+                try MachineSnapshot.checkFeatures(saved: saved.cpuid, offered: try vcpu.cpuid(), vcpu: index)
                 let frequency = try vcpu.tscKHz()
                 guard frequency == saved.tscKHz else {
                     throw SnapshotError.incompatibleHost(

@@ -22,6 +22,15 @@ public final class VMInstance: @unchecked Sendable {
     public let events: EventLoop
     private let ownsEvents: Bool
     private let console: @Sendable (UInt8) -> Void
+    /// The snapshot the first boot restores instead of booting (`init(restoring:…)`).
+    private let restoreSource: RestoreSource?
+
+    /// A snapshot and its memory file, checked and mapped: what `init(restoring:…)` builds from.
+    public struct RestoreSource: @unchecked Sendable {
+        // @unchecked: GuestMemory is used by one machine at a time.
+        public let snapshot: MachineSnapshot
+        public let memory: GuestMemory
+    }
 
     /// Where the instance is in its life.
     public enum Phase: Equatable, Sendable {
@@ -82,6 +91,7 @@ public final class VMInstance: @unchecked Sendable {
         self.configuration = configuration
         self.policy = policy
         self.console = console
+        restoreSource = nil
         if let loop {
             events = loop
             ownsEvents = false
@@ -90,6 +100,62 @@ public final class VMInstance: @unchecked Sendable {
             ownsEvents = true
         }
         id = configuration.name ?? "anonymous"
+    }
+
+    /// A VM whose first boot is a restore of `snapshot` (its configuration decoded from the state
+    /// file by the caller, which has JSON), with guest RAM mapped from `memoryPath`. Later boots
+    /// (a guest reboot with `on_reboot: restart`) boot the configuration afresh.
+    public init(
+        restoring snapshot: MachineSnapshot, configuration: VMConfiguration, memoryPath: String, policy: RunPolicy = RunPolicy(),
+        events loop: EventLoop? = nil, console: @escaping @Sendable (UInt8) -> Void
+    ) throws(SnapshotError) {
+        do { try configuration.validateForHost() } catch { throw .format(.impossible("the saved configuration: \(error.description)")) }
+        guard case .firmware = configuration.boot else {
+            throw .notApplicable("restoring a Linux guest is not supported yet: only firmware guests' snapshots can be restored")
+        }
+        guard snapshot.vcpus.count == configuration.cpus else {
+            throw .format(.impossible("\(snapshot.vcpus.count) vCPU states for a configuration of \(configuration.cpus) vCPUs"))
+        }
+        let total = snapshot.memory.reduce(UInt64(0)) { $0 &+ $1.size }
+        guard total == UInt64(configuration.memoryBytes) else {
+            throw .format(.impossible("\(total) bytes of memory regions for a configuration of \(configuration.memoryBytes) bytes"))
+        }
+        let memory = try GuestMemory.mapSnapshotFile(memoryPath, regions: snapshot.memory)
+        self.configuration = configuration
+        self.policy = policy
+        self.console = console
+        restoreSource = RestoreSource(snapshot: snapshot, memory: memory)
+        do {
+            if let loop {
+                events = loop
+                ownsEvents = false
+            } else {
+                events = try EventLoop()
+                ownsEvents = true
+            }
+        } catch {
+            throw .vmm(error)
+        }
+        id = configuration.name ?? "anonymous"
+    }
+
+    // MARK: - Snapshots
+
+    /// Writes a full snapshot of the paused VM: the state file at `statePath` (with
+    /// `configurationJSON`, the configuration encoded by the caller) and guest RAM at `memoryPath`.
+    /// The VM stays paused; resume it or stop it afterwards.
+    public func snapshot(statePath: String, memoryPath: String, configurationJSON: [UInt8]) throws(SnapshotError) {
+        let (phase, machine, linux) = state.withLock { ($0.phase, $0.machine, $0.linux) }
+        guard case .booted = phase, let machine, machine.state == .paused else {
+            throw .notApplicable("the VM is \(runState.description), it must be paused to snapshot")
+        }
+        guard linux == nil else {
+            throw .notApplicable("snapshots of Linux guests are not supported yet: only firmware guests can be snapshotted")
+        }
+        let kernel = try machine.captureKernelState()
+        let regions = try machine.memory.writeSnapshotFile(to: memoryPath)
+        let snapshot = MachineSnapshot(configuration: configurationJSON, memory: regions, vm: kernel.vm, vcpus: kernel.vcpus, devices: [])
+        try snapshot.write(to: statePath)
     }
 
     // MARK: - What the API reports
@@ -165,17 +231,20 @@ public final class VMInstance: @unchecked Sendable {
                 publish(machine: guest.machine, linux: guest, boot: boots)
                 report = try guest.run(paused: startPaused)
             case .firmware:
-                let guest = try UnitGuest(configuration, policy: bootPolicy)
+                let restoring = boots == 1 ? restoreSource : nil
+                let guest = try restoring == nil ? UnitGuest(configuration, policy: bootPolicy) : UnitGuest(restoring: configuration, policy: bootPolicy)
                 let run: GuestRun
                 do {
                     run = try guest.run(
-                        memory: memory, paused: startPaused, console: console,
+                        memory: restoring?.memory ?? memory, paused: startPaused, console: console,
                         started: { [self] machine in
                             milestones = machine.milestones
                             publish(machine: machine, linux: nil, boot: boots)
-                        })
+                        }, restoring: restoring?.snapshot)
                 } catch let error as VMMError {
                     throw error
+                } catch let error as SnapshotError {
+                    throw .configuration(error.description)
                 } catch {
                     throw .configuration("\(error)")
                 }
