@@ -30,6 +30,8 @@ public final class VMInstance: @unchecked Sendable {
         // @unchecked: GuestMemory is used by one machine at a time.
         public let snapshot: MachineSnapshot
         public let memory: GuestMemory
+        /// Run at once after the restore (Firecracker's `resume_vm`), or stay paused.
+        public let resume: Bool
     }
 
     /// Where the instance is in its life.
@@ -69,6 +71,8 @@ public final class VMInstance: @unchecked Sendable {
         /// Wakes a preserved VM's `run()` when it is stopped.
         var preservedRelease: DispatchSemaphore?
         var started: ContinuousClock.Instant?
+        /// Why the restore of the first boot failed, if it did.
+        var restoreFailure: String?
     }
 
     private let state = Mutex(State())
@@ -104,9 +108,11 @@ public final class VMInstance: @unchecked Sendable {
 
     /// A VM whose first boot is a restore of `snapshot` (its configuration decoded from the state
     /// file by the caller, which has JSON), with guest RAM mapped from `memoryPath`. Later boots
-    /// (a guest reboot with `on_reboot: restart`) boot the configuration afresh.
+    /// (a guest reboot with `on_reboot: restart`) boot the configuration afresh. Without `resume`
+    /// the restored VM starts paused, until `resume()`.
     public init(
-        restoring snapshot: MachineSnapshot, configuration: VMConfiguration, memoryPath: String, policy: RunPolicy = RunPolicy(),
+        restoring snapshot: MachineSnapshot, configuration: VMConfiguration, memoryPath: String, resume resumeAfterRestore: Bool = true,
+        policy: RunPolicy = RunPolicy(),
         events loop: EventLoop? = nil, console: @escaping @Sendable (UInt8) -> Void
     ) throws(SnapshotError) {
         do { try configuration.validateForHost() } catch { throw .format(.impossible("the saved configuration: \(error.description)")) }
@@ -124,7 +130,7 @@ public final class VMInstance: @unchecked Sendable {
         self.configuration = configuration
         self.policy = policy
         self.console = console
-        restoreSource = RestoreSource(snapshot: snapshot, memory: memory)
+        restoreSource = RestoreSource(snapshot: snapshot, memory: memory, resume: resumeAfterRestore)
         do {
             if let loop {
                 events = loop
@@ -161,6 +167,10 @@ public final class VMInstance: @unchecked Sendable {
     // MARK: - What the API reports
 
     public var phase: Phase { state.withLock { $0.phase } }
+    /// Why restoring the snapshot failed (nil while it has not, or for a VM that boots).
+    public var restoreFailure: String? { state.withLock { $0.restoreFailure } }
+    /// Whether this VM's first boot restores a snapshot.
+    public var isRestore: Bool { restoreSource != nil }
     /// How many times the guest has been booted (1 after the first boot, 2 after one restart).
     public var bootCount: Int { state.withLock { $0.bootCount } }
     /// The machine of the current boot (nil before the first and between boots).
@@ -220,7 +230,7 @@ public final class VMInstance: @unchecked Sendable {
             }
             boots += 1
             let bootPolicy = RunPolicy(trace: policy.trace, timeLimit: remaining)
-            let startPaused = paused && boots == 1
+            let startPaused = (paused || restoreSource?.resume == false) && boots == 1
             let report: RunReport
             switch configuration.boot {
             case .linux:
@@ -242,8 +252,10 @@ public final class VMInstance: @unchecked Sendable {
                             publish(machine: machine, linux: nil, boot: boots)
                         }, restoring: restoring?.snapshot)
                 } catch let error as VMMError {
+                    if restoring != nil { state.withLock { $0.restoreFailure = error.description } }
                     throw error
                 } catch let error as SnapshotError {
+                    state.withLock { $0.restoreFailure = error.description }
                     throw .configuration(error.description)
                 } catch {
                     throw .configuration("\(error)")

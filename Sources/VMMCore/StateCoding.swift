@@ -64,8 +64,9 @@ public enum StateFile {
     /// The payload of a whole state file, after checking magic, version, length and checksum (in
     /// that order, so each corruption gets its own message).
     public static func decode(_ file: [UInt8]) throws(StateFormatError) -> [UInt8] {
+        // A short file that does not start like the magic is something else, not a truncated one.
+        guard file.prefix(magic.count).elementsEqual(magic.prefix(file.count)) else { throw .notAStateFile }
         guard file.count >= magic.count else { throw .truncated("the header") }
-        guard Array(file[0..<magic.count]) == magic else { throw .notAStateFile }
         var reader = StateReader(file)
         _ = try reader.raw(count: magic.count, "the header")
         let found = try reader.u32("the header")

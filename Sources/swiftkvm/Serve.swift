@@ -14,7 +14,8 @@ struct Serve: ParsableCommand {
         discussion: """
             Listens on --api-socket (HTTP/1.1 + JSON; see docs/api.md and docs/openapi.yaml). PUT \
             /boot-source, /machine-config and /drives/{drive_id} describe the VM; PUT /actions \
-            {"action_type": "InstanceStart"} boots it. The guest's console is this terminal. The VMM \
+            {"action_type": "InstanceStart"} boots it; or PUT /snapshot/load restores a snapshot \
+            instead (see docs/snapshots.md). The guest's console is this terminal. The VMM \
             exits when the VM ends, with the status 'swiftkvm run' would give; SIGINT or SIGTERM \
             before the start exits at once.
 
@@ -58,6 +59,11 @@ struct Serve: ParsableCommand {
             output: output,
             makeInstance: { configuration throws(VMMError) in
                 try VMInstance(configuration, policy: policy, events: events) { output.append($0) }
+            },
+            makeRestoredInstance: { snapshot, configuration, memoryPath, resume throws(SnapshotError) in
+                try VMInstance(
+                    restoring: snapshot, configuration: configuration, memoryPath: memoryPath, resume: resume, policy: policy, events: events
+                ) { output.append($0) }
             },
             onStart: { handoff.give($0) })
         let server = ControlServer(path: apiSocket, controller: controller)

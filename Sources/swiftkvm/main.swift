@@ -15,7 +15,7 @@ struct SwiftKVM: ParsableCommand {
             Boots a Linux bzImage with its serial console on your terminal, or runs a flat firmware \
             binary in real, protected, long or user mode. See 'swiftkvm run --help'.
             """,
-        subcommands: [Run.self, Serve.self, Import.self, Export.self])
+        subcommands: [Run.self, Serve.self, Import.self, Export.self, SnapshotCommand.self, RestoreCommand.self])
 }
 
 struct Run: ParsableCommand {
