@@ -1,6 +1,7 @@
 import Devices
 import Dispatch
 import Glibc
+import LinuxBoot
 import Synchronization
 import VMConfig
 
@@ -116,8 +117,15 @@ public final class VMInstance: @unchecked Sendable {
         events loop: EventLoop? = nil, console: @escaping @Sendable (UInt8) -> Void
     ) throws(SnapshotError) {
         do { try configuration.validateForHost() } catch { throw .format(.impossible("the saved configuration: \(error.description)")) }
-        guard case .firmware = configuration.boot else {
-            throw .notApplicable("restoring a Linux guest is not supported yet: only firmware guests' snapshots can be restored")
+        // The regions must be the ones this configuration's builder lays out: a state file cannot
+        // place RAM anywhere else (over the MMIO windows, the APIC page).
+        let layout: [(start: GuestAddress, size: Int)]
+        switch configuration.boot {
+        case .firmware: layout = [(GuestAddress(0), configuration.memoryBytes)]
+        case .linux: layout = LinuxBootLayout.guestMemoryLayout(size: configuration.memoryBytes)
+        }
+        guard layout.map({ [$0.start.rawValue, UInt64($0.size)] }) == snapshot.memory.map({ [$0.guestAddress, $0.size] }) else {
+            throw .format(.impossible("memory regions that are not the ones a VM of \(configuration.memoryBytes) bytes has"))
         }
         guard snapshot.vcpus.count == configuration.cpus else {
             throw .format(.impossible("\(snapshot.vcpus.count) vCPU states for a configuration of \(configuration.cpus) vCPUs"))
@@ -155,12 +163,10 @@ public final class VMInstance: @unchecked Sendable {
         guard case .booted = phase, let machine, machine.state == .paused else {
             throw .notApplicable("the VM is \(runState.description), it must be paused to snapshot")
         }
-        guard linux == nil else {
-            throw .notApplicable("snapshots of Linux guests are not supported yet: only firmware guests can be snapshotted")
-        }
+        let devices = try linux?.deviceStates() ?? []
         let kernel = try machine.captureKernelState()
         let regions = try machine.memory.writeSnapshotFile(to: memoryPath)
-        let snapshot = MachineSnapshot(configuration: configurationJSON, memory: regions, vm: kernel.vm, vcpus: kernel.vcpus, devices: [])
+        let snapshot = MachineSnapshot(configuration: configurationJSON, memory: regions, vm: kernel.vm, vcpus: kernel.vcpus, devices: devices)
         try snapshot.write(to: statePath)
     }
 
@@ -234,8 +240,16 @@ public final class VMInstance: @unchecked Sendable {
             let report: RunReport
             switch configuration.boot {
             case .linux:
-                let guest = try LinuxGuest(
-                    LinuxGuestConfiguration(configuration, policy: bootPolicy), memory: memory, events: events, console: console)
+                let restoring = boots == 1 ? restoreSource : nil
+                let guest: LinuxGuest
+                do {
+                    guest = try LinuxGuest(
+                        LinuxGuestConfiguration(configuration, policy: bootPolicy), memory: restoring?.memory ?? memory, events: events,
+                        console: console, restoring: restoring?.snapshot)
+                } catch {
+                    if restoring != nil { state.withLock { $0.restoreFailure = error.description } }
+                    throw error
+                }
                 memory = guest.machine.memory
                 milestones = guest.machine.milestones
                 publish(machine: guest.machine, linux: guest, boot: boots)

@@ -90,7 +90,7 @@ final class InstanceController: VMController, @unchecked Sendable {
         do { made = try makeInstance(configuration) } catch {
             switch error {
             case .kvm, .system: throw .internalFailure(error.description)
-            case .configuration, .file, .memory, .bus: throw .invalid(error.description)
+            case .configuration, .file, .memory, .bus, .snapshot: throw .invalid(error.description)
             }
         }
         state.withLock { $0.instance = made }
@@ -206,7 +206,7 @@ final class InstanceController: VMController, @unchecked Sendable {
         case .vmm(let inner):
             switch inner {
             case .kvm, .system: .internalFailure(error.description)
-            case .configuration, .file, .memory, .bus: .invalid(error.description)
+            case .configuration, .file, .memory, .bus, .snapshot: .invalid(error.description)
             }
         }
     }

@@ -335,7 +335,7 @@ struct Run: ParsableCommand {
             output.finish()
             switch error {
             case .kvm, .system: throw RuntimeFailure(error.description)
-            case .configuration, .file, .memory, .bus: throw UsageError(error.description)
+            case .configuration, .file, .memory, .bus, .snapshot: throw UsageError(error.description)
             }
         }
         input?.stop()
