@@ -454,7 +454,8 @@ extension Machine {
 extension GuestMemory {
     /// Writes every RAM region into a new file at `path` (mode 0600), one after the other, and says
     /// where each went. Pages that are all zero are not written: the file is made its full size
-    /// first, so they read back as zero (a hole), and a mostly empty guest snapshots quickly.
+    /// first, so they read back as zero (a hole), and a mostly empty guest snapshots quickly;
+    /// pages of anonymous memory the guest never touched are not even read (`untouchedChunks`).
     public func writeSnapshotFile(to path: String) throws(SnapshotError) -> [MachineSnapshot.MemoryRegionRecord] {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .file(path: path, problem: String(cString: strerror(errno))) }
@@ -463,12 +464,15 @@ extension GuestMemory {
         var records: [MachineSnapshot.MemoryRegionRecord] = []
         var offset = 0
         let chunk = 64 << 10
+        let pagemap = isFileBacked ? -1 : open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+        defer { if pagemap >= 0 { close(pagemap) } }
         for region in regions {
+            let untouched = Self.untouchedChunks(region, chunk: chunk, pagemap: pagemap)
             var done = 0
             while done < region.size {
                 let length = min(chunk, region.size - done)
                 let start = region.host + done
-                if !Self.isZero(start, length) {
+                if !(untouched?[done / chunk] ?? false), !Self.isZero(start, length) {
                     try Self.writeAll(fd, start, length, at: offset + done, path: path)
                 }
                 done += length
@@ -477,6 +481,35 @@ extension GuestMemory {
             offset += region.size
         }
         return records
+    }
+
+    /// For anonymous memory: which `chunk`-sized pieces of `region` the guest never touched, from
+    /// /proc/self/pagemap (a page neither present nor swapped was never written and reads as zero),
+    /// so they are skipped without reading them (reading would fault in a zero page for each).
+    /// Nil when the pagemap cannot be read: then every chunk is looked at.
+    static func untouchedChunks(_ region: GuestMemoryRegion, chunk: Int, pagemap: Int32) -> [Bool]? {
+        guard pagemap >= 0 else { return nil }
+        let page = 4096
+        let pages = region.size / page
+        var entries = [UInt64](repeating: 0, count: pages)
+        let firstPage = Int(UInt(bitPattern: region.host)) / page
+        let wanted = pages * 8
+        let read = entries.withUnsafeMutableBytes { raw -> Int in
+            var done = 0
+            while done < wanted {
+                let count = pread(pagemap, raw.baseAddress! + done, wanted - done, off_t((firstPage * 8) + done))
+                if count < 0, errno == EINTR { continue }
+                if count <= 0 { break }
+                done += count
+            }
+            return done
+        }
+        guard read == wanted else { return nil }
+        let perChunk = chunk / page
+        let presentOrSwapped: UInt64 = 0b11 << 62
+        return stride(from: 0, to: pages, by: perChunk).map { first in
+            entries[first..<min(pages, first + perChunk)].allSatisfy { $0 & presentOrSwapped == 0 }
+        }
     }
 
     static func isZero(_ start: UnsafeMutableRawPointer, _ length: Int) -> Bool {

@@ -46,6 +46,9 @@ public struct GuestMemoryRegion: @unchecked Sendable {
 /// how the memory is provided. The mappings are released when the last reference goes away.
 public final class GuestMemory: @unchecked Sendable {
     public let regions: [GuestMemoryRegion]
+    /// Whether the regions map a file (`init(mappingFile:…)`, a restored snapshot) rather than
+    /// anonymous memory: a page never touched then holds the file's bytes, not zeros.
+    public let isFileBacked: Bool
 
     /// Maps anonymous memory for each `(start, size)` pair. Sizes must be non-zero multiples of 4 KiB,
     /// starts page-aligned, and the ranges must not overlap.
@@ -75,6 +78,7 @@ public final class GuestMemory: @unchecked Sendable {
             mapped.append(GuestMemoryRegion(start: block.start, size: block.size, host: pointer))
         }
         regions = mapped
+        isFileBacked = false
     }
 
     /// Maps each region of a memory file written by a snapshot, `MAP_PRIVATE`: pages are read
@@ -116,6 +120,7 @@ public final class GuestMemory: @unchecked Sendable {
             mapped.append(GuestMemoryRegion(start: block.start, size: block.size, host: pointer))
         }
         regions = mapped
+        isFileBacked = true
     }
 
     /// One region of `size` bytes at guest address 0.
