@@ -138,9 +138,6 @@ public final class LinuxGuest: @unchecked Sendable {
 
         if snapshot != nil {
             guard reused != nil else { throw .configuration("restoring a snapshot needs its memory file mapped") }
-            guard configuration.pit == .kvm else {
-                throw .configuration("snapshots of guests with the emulated PIT are not supported yet (use the in-kernel PIT)")
-            }
             guard configuration.networkInterfaces.isEmpty else {
                 throw .configuration("snapshots of guests with network interfaces are not supported yet")
             }
@@ -368,12 +365,12 @@ public final class LinuxGuest: @unchecked Sendable {
     /// Every emulated device's state, named as on the bus, for a snapshot of the paused machine
     /// (the disks' I/O workers are paused between requests, so nothing is in flight).
     public func deviceStates() throws(SnapshotError) -> [MachineSnapshot.DeviceStateRecord] {
-        guard emulatedPIT == nil else { throw .notApplicable("snapshots of guests with the emulated PIT are not supported yet (use the in-kernel PIT)") }
         guard nics.isEmpty else { throw .notApplicable("snapshots of guests with network interfaces are not supported yet") }
         var records: [MachineSnapshot.DeviceStateRecord] = [
             .init(name: "COM1", state: serial.exportState()), .init(name: "i8042", state: keyboardController.exportState()),
         ]
         if let powerEvents { records.append(.init(name: "PM1", state: powerEvents.exportState())) }
+        if let emulatedPIT { records.append(.init(name: "PIT", state: emulatedPIT.exportState())) }
         for (index, runner) in diskRunners.enumerated() {
             records.append(.init(name: "virtio-blk\(index)", state: runner.transport.exportState()))
             records.append(.init(name: "virtio-blk\(index)-disk", state: disks[index].device.exportState()))
@@ -399,6 +396,7 @@ public final class LinuxGuest: @unchecked Sendable {
                 ("COM1", serial.importState), ("i8042", keyboardController.importState),
             ]
             if let powerEvents { expected.append(("PM1", powerEvents.importState)) }
+            if let emulatedPIT { expected.append(("PIT", emulatedPIT.importState)) }
             for (index, runner) in diskRunners.enumerated() {
                 expected.append(("virtio-blk\(index)", runner.transport.importState))
                 expected.append(("virtio-blk\(index)-disk", disks[index].device.importState))

@@ -14,19 +14,21 @@ import VMM
 struct SnapshotDiskTests {
     static let writeSector = 100
 
-    static func configuration(disk: String) -> VMConfiguration {
+    static func configuration(disk: String, pit: PITModel) -> VMConfiguration {
         VMConfiguration(
             boot: .linux(LinuxBootSource(kernel: VirtioBlockGuestTests.guestPath, commandLine: "console=ttyS0 vblk.read=2048 vblk.write=\(writeSector)")),
-            memoryBytes: 64 << 20, disks: [DiskConfig(path: disk)])
+            memoryBytes: 64 << 20, pit: pit, disks: [DiskConfig(path: disk)])
     }
 
-    @Test func aGuestSnapshottedMidwayThroughItsDiskIOFinishesItAfterTheRestore() throws {
+    /// With KVM's PIT (in the VM state) and with the emulated one (a device of its own).
+    @Test(arguments: [PITModel.kvm, .emulated])
+    func aGuestSnapshottedMidwayThroughItsDiskIOFinishesItAfterTheRestore(pit: PITModel) throws {
         let directory = try SnapshotTests.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let original = HostFiles.randomBytes(2 << 20, seed: 77)
         let disk = "\(directory)/disk.img"
         try HostFiles.write(original, to: disk)
-        let configuration = Self.configuration(disk: disk)
+        let configuration = Self.configuration(disk: disk, pit: pit)
 
         // The first VM: paused while it reads (after its GET_ID request, inside the 16 reads of
         // 64 KiB), snapshotted, stopped.
@@ -46,8 +48,9 @@ struct SnapshotDiskTests {
         #expect(try readHostFile(disk) == original, "the first VM wrote before its snapshot")
 
         let snapshot = try MachineSnapshot(contentsOf: "\(directory)/state")
-        #expect(snapshot.devices.map(\.name) == ["COM1", "i8042", "PM1", "virtio-blk0", "virtio-blk0-disk"])
-        #expect(snapshot.vm.irqchips.count == 3 && snapshot.vm.pit != nil)
+        let pitDevice = pit == .emulated ? ["PIT"] : []
+        #expect(snapshot.devices.map(\.name) == ["COM1", "i8042", "PM1"] + pitDevice + ["virtio-blk0", "virtio-blk0-disk"])
+        #expect(snapshot.vm.irqchips.count == 3 && (snapshot.vm.pit != nil) == (pit == .kvm))
         #expect(snapshot.vcpus[0].localAPIC != nil)
 
         // The second: restored from the files, it goes on reading, writes, flushes and ends.
