@@ -84,8 +84,12 @@ struct RestoreCommand: ParsableCommand {
     @Flag(name: .long, help: "At the end, print exits by reason and by device and time per vCPU on standard error.")
     var stats = false
 
+    @Option(name: .long, help: ArgumentHelp("The seccomp filter, as for 'swiftkvm run': on (the default) once the restored machine is built, unless --api-socket is given or the VM can be rebuilt.", valueName: "on|off"))
+    var seccomp: String = "on"
+
     func run() throws {
         Glibc.signal(SIGPIPE, SIG_IGN)
+        guard seccomp == "on" || seccomp == "off" else { throw UsageError("--seccomp must be on or off, not '\(seccomp)'") }
         var limit: Duration?
         if let timeLimit {
             guard timeLimit > 0, timeLimit < 1e9 else { throw UsageError("--time-limit must be a positive number of seconds") }
@@ -122,6 +126,9 @@ struct RestoreCommand: ParsableCommand {
         } catch {
             throw UsageError(error.description)
         }
+        // The filter goes on once the machine is built from the snapshot (the memory file mapped,
+        // the disks opened, KVM's state written), right before its vCPUs start.
+        if seccomp == "on", SeccompSetup.applies(to: configuration, apiSocket: apiSocket) { instance.beforeFirstBoot { SeccompSetup.install() } }
         var server: ControlServer?
         if let apiSocket {
             let started = ControlServer(path: apiSocket, controller: InstanceController(instance: instance, output: output))
