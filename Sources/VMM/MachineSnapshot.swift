@@ -457,6 +457,14 @@ extension GuestMemory {
     /// first, so they read back as zero (a hole), and a mostly empty guest snapshots quickly;
     /// pages of anonymous memory the guest never touched are not even read (`untouchedChunks`).
     public func writeSnapshotFile(to path: String) throws(SnapshotError) -> [MachineSnapshot.MemoryRegionRecord] {
+        // A VM restored from a memory file maps it: truncating and rewriting that very file would
+        // pull pages from under the mapping (SIGBUS on the next read). Refuse it by inode.
+        var existing = stat()
+        if let backingFile, stat(path, &existing) == 0, UInt64(existing.st_dev) == backingFile.device,
+            UInt64(existing.st_ino) == backingFile.inode
+        {
+            throw .file(path: path, problem: "this VM's RAM is mapped from this file (it was restored from it): write the snapshot to another file")
+        }
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .file(path: path, problem: String(cString: strerror(errno))) }
         defer { close(fd) }

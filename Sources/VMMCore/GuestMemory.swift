@@ -49,6 +49,9 @@ public final class GuestMemory: @unchecked Sendable {
     /// Whether the regions map a file (`init(mappingFile:…)`, a restored snapshot) rather than
     /// anonymous memory: a page never touched then holds the file's bytes, not zeros.
     public let isFileBacked: Bool
+    /// The mapped file's device and inode (`init(mappingFile:…)`), so nothing truncates it while
+    /// it is mapped: a write into it would take pages the mapping still reads (SIGBUS).
+    public let backingFile: (device: UInt64, inode: UInt64)?
 
     /// Maps anonymous memory for each `(start, size)` pair. Sizes must be non-zero multiples of 4 KiB,
     /// starts page-aligned, and the ranges must not overlap.
@@ -79,6 +82,7 @@ public final class GuestMemory: @unchecked Sendable {
         }
         regions = mapped
         isFileBacked = false
+        backingFile = nil
     }
 
     /// Maps each region of a memory file written by a snapshot, `MAP_PRIVATE`: pages are read
@@ -121,6 +125,8 @@ public final class GuestMemory: @unchecked Sendable {
         }
         regions = mapped
         isFileBacked = true
+        var status = stat()
+        backingFile = fstat(descriptor, &status) == 0 ? (UInt64(status.st_dev), UInt64(status.st_ino)) : nil
     }
 
     /// One region of `size` bytes at guest address 0.

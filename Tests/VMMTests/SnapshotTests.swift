@@ -209,3 +209,33 @@ struct SnapshotTests {
         }
     }
 }
+
+extension SnapshotTests {
+    /// A restored VM snapshotted again (its RAM now mapped from the first memory file) and
+    /// restored from the second: the counter still runs on without a gap. Writing the second
+    /// memory file over the first, which the VM maps, is refused instead of crashing it.
+    @Test func aRestoredVMCanBeSnapshottedAgainButNotOntoItsOwnMemoryFile() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let first = try Self.snapshotCounter(into: directory)
+        let second = "\(directory)/again"
+        try FileManager.default.createDirectory(atPath: second, withIntermediateDirectories: true)
+        let snapshot = try MachineSnapshot(contentsOf: "\(directory)/state")
+        let output = CollectedOutput()
+        let restored = try VMInstance(
+            restoring: snapshot, configuration: Self.counter, memoryPath: "\(directory)/memory", policy: RunPolicy(timeLimit: .seconds(120))
+        ) { output.append($0) }
+        _ = try VMInstanceTests.running(restored) { instance in
+            defer { instance.stop() }
+            #expect(VMInstanceTests.wait { output.lineCount >= 20 })
+            try instance.pause()
+            #expect(throws: SnapshotError.self) {
+                try instance.snapshot(statePath: "\(second)/state", memoryPath: "\(directory)/memory", configurationJSON: try Self.json(Self.counter))
+            }
+            try instance.snapshot(statePath: "\(second)/state", memoryPath: "\(second)/memory", configurationJSON: try Self.json(Self.counter))
+        }
+        let middle = String(decoding: output.bytes, as: UTF8.self)
+        let last = try Self.restoreCounter(from: second)
+        Self.checkContinues(first + middle, last)
+    }
+}
