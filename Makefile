@@ -27,7 +27,7 @@ DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs acpica-t
 # PyPI packages for `make api-check` (Tests/api/schemathesis.sh), installed only when missing.
 PIP_PACKAGES := schemathesis==4.32.5
 
-.PHONY: api-check api-deps fuzz-api all build release firmware baseline guest test-guest nested-lane test fuzz fuzz-build bench bench-linux bench-disk docs qemu demo firmware-demo deps clean
+.PHONY: api-check api-deps fuzz-api all build release firmware baseline guest test-guest nested-lane test fuzz fuzz-build bench bench-linux bench-disk bench-snapshot docs qemu demo firmware-demo deps clean
 
 all: build firmware
 
@@ -103,15 +103,23 @@ fuzz: fuzz-build
 # e.g. --quick, --probe-only, --no-probe; see .build/release/swiftkvm-bench --help), then the
 # virtio-blk comparison of bench-disk (BENCH_DISK_FLAGS, e.g. --linux-rounds 0 to skip its Linux boots),
 # then power-off latency and the probe with 1 and 2 vCPUs (Benchmarks/power-smp.py), pause and resume
-# latency over the control socket against QEMU's QMP (Benchmarks/pause-resume.py), then the test
-# kernel with 1 and 2 vCPUs (Benchmarks/linux-smp.py, BENCH_SMP_FLAGS: --rounds N, --cpus 1,2,4; on a
-# KVM-PVM host both VMMs run in the nested lane, where SMP Linux comes up).
+# latency over the control socket against QEMU's QMP (Benchmarks/pause-resume.py), snapshot and
+# restore against QEMU's migration to a file (Benchmarks/snapshot.py, BENCH_SNAPSHOT_FLAGS: --rounds N,
+# --sizes 256M,2G), then the test kernel with 1 and 2 vCPUs (Benchmarks/linux-smp.py,
+# BENCH_SMP_FLAGS: --rounds N, --cpus 1,2,4; on a KVM-PVM host both VMMs run in the nested lane,
+# where SMP Linux comes up).
 bench: release firmware baseline qemu test-guest nested-lane
 	.build/release/swiftkvm-bench $(BENCH_FLAGS)
 	python3 Benchmarks/disk.py $(BENCH_DISK_FLAGS)
 	python3 Benchmarks/power-smp.py
 	python3 Benchmarks/pause-resume.py
+	python3 Benchmarks/snapshot.py $(BENCH_SNAPSHOT_FLAGS)
 	python3 Benchmarks/linux-smp.py $(BENCH_SMP_FLAGS)
+
+# Snapshot and restore alone (Benchmarks/snapshot.py): 256 MiB and 2 GiB guests, swiftkvm's
+# PUT /snapshot/create and /snapshot/load against QEMU's migrate to "exec:cat > file" and -incoming.
+bench-snapshot: release firmware qemu
+	python3 Benchmarks/snapshot.py $(BENCH_SNAPSHOT_FLAGS)
 
 qemu:
 	@command -v qemu-system-x86_64 >/dev/null || { apt-get update -q && \

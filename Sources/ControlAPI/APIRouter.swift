@@ -12,14 +12,14 @@ public struct APIRouter: Sendable {
 
     /// The paths and the methods each takes (for 404 against 405, and the `Allow` field).
     enum Route {
-        case instanceInfo, vm, vmConfig, actions, machineConfig, bootSource, stats
+        case instanceInfo, vm, vmConfig, actions, machineConfig, bootSource, stats, snapshotCreate, snapshotLoad
         case drive(String), networkInterface(String)
 
         var methods: [HTTPMethod] {
             switch self {
             case .instanceInfo, .vmConfig, .stats: [.get]
             case .vm: [.patch]
-            case .actions, .bootSource, .drive, .networkInterface: [.put]
+            case .actions, .bootSource, .drive, .networkInterface, .snapshotCreate, .snapshotLoad: [.put]
             case .machineConfig: [.get, .put]
             }
         }
@@ -61,6 +61,8 @@ public struct APIRouter: Sendable {
         case ["machine-config"]: return .found(.machineConfig)
         case ["boot-source"]: return .found(.bootSource)
         case ["stats"]: return .found(.stats)
+        case ["snapshot", "create"]: return .found(.snapshotCreate)
+        case ["snapshot", "load"]: return .found(.snapshotLoad)
         case let parts where parts.count == 2 && (parts[0] == "drives" || parts[0] == "network-interfaces"):
             guard let id = percentDecoded(parts[1]), isIdentifier(id) else {
                 return .answer(.fault(.badRequest, "'\(parts[1])' is not a valid id: use 1 to 64 letters, digits, '_' or '-'"))
@@ -154,6 +156,15 @@ public struct APIRouter: Sendable {
                 draft.rootDriveID = nil
             }
             try commit(draft)
+            return .noContent
+        case (.snapshotCreate, _):
+            try controller.createSnapshot(try decode(SnapshotCreateRequest.self, request))
+            return .noContent
+        case (.snapshotLoad, _):
+            let body = try decode(SnapshotLoadRequest.self, request)
+            let state = controller.instanceInfo().state
+            guard state == .notStarted else { throw .wrongState("PUT /snapshot/load", current: state, needs: [.notStarted]) }
+            try controller.loadSnapshot(body)
             return .noContent
         case (.networkInterface(let id), _):
             let body = try decode(NetworkInterfaceBody.self, request)

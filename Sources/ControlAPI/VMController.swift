@@ -58,6 +58,26 @@ public protocol VMController: AnyObject, Sendable {
 
     /// `GET /stats`: the figures of `swiftkvm run --stats`, live. Cheap: it may be polled.
     func statistics() -> VMStatistics
+
+    /// `PUT /snapshot/create`: writes a full snapshot of the paused VM (state file and memory
+    /// file); the VM stays paused. Throws `.wrongState` unless the VM is paused, `.invalid` when
+    /// a file cannot be written or this kind of VM cannot be snapshotted.
+    func createSnapshot(_ request: SnapshotCreateRequest) throws(ControllerError)
+
+    /// `PUT /snapshot/load`: on a VMM started empty, builds the VM from a snapshot and (with
+    /// `resumeVM`) runs it; otherwise it is left paused. Throws `.wrongState` once a VM exists,
+    /// `.invalid` for a state file that is refused (damaged, another version, another host).
+    func loadSnapshot(_ request: SnapshotLoadRequest) throws(ControllerError)
+}
+
+extension VMController {
+    public func createSnapshot(_ request: SnapshotCreateRequest) throws(ControllerError) {
+        throw .invalid("this VMM does not take snapshots")
+    }
+
+    public func loadSnapshot(_ request: SnapshotLoadRequest) throws(ControllerError) {
+        throw .invalid("this VMM does not load snapshots")
+    }
 }
 
 /// Why a controller refused: the server's status code follows from the case.

@@ -101,6 +101,21 @@ public final class MockVMController: VMController, @unchecked Sendable {
         }
     }
 
+    public func createSnapshot(_ request: SnapshotCreateRequest) throws(ControllerError) {
+        try locked { () throws(ControllerError) in
+            guard state == .paused else { throw .wrongState("PUT /snapshot/create", current: state, needs: [.paused]) }
+        }
+    }
+
+    /// Loads nothing: the mock's VM is paused (or running with `resumeVM`) afterwards.
+    public func loadSnapshot(_ request: SnapshotLoadRequest) throws(ControllerError) {
+        try locked { () throws(ControllerError) in
+            guard state == .notStarted else { throw .wrongState("PUT /snapshot/load", current: state, needs: [.notStarted]) }
+            bootCount = 1
+            state = request.resumeVM ? .running : .paused
+        }
+    }
+
     public func statistics() -> VMStatistics {
         lock.withLock {
             let uptime = startedAt.map { Date().timeIntervalSince($0) } ?? 0

@@ -178,14 +178,14 @@ public final class PowerManagementEvents: BusDevice, @unchecked Sendable {
     /// Status bits this block implements (the others read as zero and ignore writes).
     public static let implemented: UInt16 = powerButton
 
-    private struct State {
+    struct State {
         var status: UInt16 = 0
         var enable: UInt16 = 0
         var heldPress = false
         var level = false
     }
 
-    private let state = Mutex(State())
+    let state = Mutex(State())
     private let sci: (any InterruptLine)?
 
     /// `sci` is the SCI's interrupt line (level-triggered, active-high in this machine's MADT).
@@ -237,7 +237,7 @@ public final class PowerManagementEvents: BusDevice, @unchecked Sendable {
 
     /// Applies `change`, then drives the SCI from STS & EN, only when its level changes (under
     /// the lock, so two changes from two threads reach the line in order).
-    private func update(_ change: (inout State) -> Void) {
+    func update(_ change: (inout State) -> Void) {
         state.withLock { state in
             change(&state)
             let level = state.status & state.enable != 0

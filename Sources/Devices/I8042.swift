@@ -72,7 +72,7 @@ public final class I8042: BusDevice, @unchecked Sendable {
 
     private let onReset: () -> Void
     private let interrupt: (any InterruptLine)?
-    private let state = Mutex(State())
+    let state = Mutex(State())
 
     /// - Parameters:
     ///   - interrupt: the keyboard interrupt (IRQ 1), or nil. Without it Linux's keyboard probe
@@ -168,7 +168,7 @@ public final class I8042: BusDevice, @unchecked Sendable {
     }
 
     /// Drives the keyboard interrupt to the level the state asks for, only on change.
-    private func updateInterruptLine(_ state: inout State) {
+    func updateInterruptLine(_ state: inout State) {
         let level = state.interruptLevel
         guard level != state.lineLevel else { return }
         state.lineLevel = level

@@ -70,10 +70,10 @@ public final class PIT8254: BusDevice, @unchecked Sendable {
     /// Periodic modes (2 and 3) deliver at most one IRQ 0 edge per this many nanoseconds.
     public let minimumPeriodicInterval: UInt64
 
-    private let clock: any GuestClock
+    let clock: any GuestClock
     private let interruptLine: any InterruptLine
-    private let onDeadlineChange: (() -> Void)?
-    private let state: Mutex<State>
+    let onDeadlineChange: (() -> Void)?
+    let state: Mutex<State>
     /// Held while an edge is driven onto the interrupt line, never together with `state`.
     private let delivery = Mutex(())
 

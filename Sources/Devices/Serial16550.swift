@@ -66,7 +66,7 @@ public final class Serial16550: BusDevice, @unchecked Sendable {
 
     private let output: (UInt8) -> Void
     private let interrupt: (any InterruptLine)?
-    private let state = Mutex(State())
+    let state = Mutex(State())
 
     /// - Parameters:
     ///   - interrupt: the UART's interrupt output (COM1: IRQ 4), or nil to run polled only.
@@ -152,7 +152,7 @@ public final class Serial16550: BusDevice, @unchecked Sendable {
 
     /// Drives the interrupt line to the level the state asks for, calling it only on a change
     /// (kvmtool's `serial8250_update_irq`). Called with the lock held; see the type's notes.
-    private func updateInterruptLine(_ state: inout State) {
+    func updateInterruptLine(_ state: inout State) {
         let level = state.pendingInterrupt != nil
         guard level != state.lineLevel else { return }
         state.lineLevel = level

@@ -47,6 +47,9 @@ public struct SeccompPolicy: Sendable {
         /// anything else fails with EACCES. A VMM that boots its guest again after a reset reads
         /// the kernel and initrd again; it writes and creates nothing.
         case readOnly
+        /// Any file, for reading or writing: a control API's snapshot goes to paths its client
+        /// names. (Confining those to folders is a job for Landlock, not for a syscall filter.)
+        case any
     }
 
     /// Which threads a filter goes on.
@@ -79,12 +82,18 @@ public struct SeccompPolicy: Sendable {
     /// still cannot exec, fork, create sockets, or open anything for writing. Its vCPU and device
     /// threads stack `vmm` on top of it (`Scope.callingThread`): the threads that handle what the
     /// guest writes get the strict list either way.
-    public static func rebuildingVMM(ioctlRequests: [UInt], buildRequests: [UInt]) -> SeccompPolicy {
-        SeccompPolicy(
-            syscalls: vmmSyscalls + [
-                "getdents64", "readlink", "readlinkat", "faccessat", "faccessat2", "access", "sysinfo", "sched_setaffinity", "uname", "getuid", "geteuid", "getgid", "getegid",
-            ],
-            ioctlRequests: ioctlRequests + buildRequests + terminalIoctlRequests, opens: .readOnly)
+    ///
+    /// With `snapshotRequests` (a VMM whose control API can take and load snapshots), it may also
+    /// open, create and rename files for writing, and make the KVM state requests a snapshot uses.
+    public static func rebuildingVMM(ioctlRequests: [UInt], buildRequests: [UInt], snapshotRequests: [UInt]? = nil) -> SeccompPolicy {
+        var syscalls = vmmSyscalls + [
+            "getdents64", "readlink", "readlinkat", "faccessat", "faccessat2", "access", "sysinfo", "sched_setaffinity", "uname",
+            "getuid", "geteuid", "getgid", "getegid",
+        ]
+        if snapshotRequests != nil { syscalls += ["ftruncate", "fallocate", "rename", "renameat", "renameat2", "mkdir", "mkdirat"] }
+        return SeccompPolicy(
+            syscalls: syscalls, ioctlRequests: ioctlRequests + buildRequests + (snapshotRequests ?? []) + terminalIoctlRequests,
+            opens: snapshotRequests == nil ? .readOnly : .any)
     }
 
     /// <asm-generic/fcntl.h>: the open(2) flags that write, create or truncate (O_TMPFILE
@@ -158,6 +167,9 @@ public struct SeccompPolicy: Sendable {
         switch opens {
         case .nothing:
             for name in ["open", "openat", "openat2"] { try allow(name, action: refused) }
+        case .any:
+            for name in ["open", "openat"] { try allow(name) }
+            try allow("openat2", action: 0x0005_0000 | UInt32(ENOSYS))  // glibc falls back to openat
         case .readOnly:
             // Allowed when no writing flag is set; refused when any one is (one rule per flag:
             // a filter compares an argument for equality under a mask, it cannot say "not zero").

@@ -76,6 +76,24 @@ extension UnitGuest {
     }
 }
 
+extension UnitGuest {
+    /// A unit guest to restore from a snapshot of `vm`: its program is in the snapshot's memory
+    /// file, so the firmware file is not read (it may be gone).
+    public init(restoring vm: VMConfiguration, policy: RunPolicy = RunPolicy()) throws(VMMError) {
+        guard case .firmware(let firmware) = vm.boot else { throw .configuration("the VM boots a Linux kernel, not firmware") }
+        guard let mode = CPUMode(rawValue: firmware.mode) else {
+            throw .configuration("boot.firmware.mode '\(firmware.mode)' is not a CPU mode")
+        }
+        self.init(
+            program: [], mode: mode, memorySize: vm.memoryBytes, loadAddress: GuestAddress(firmware.loadAddress),
+            entry: firmware.entry.map { GuestAddress($0) }, timeLimit: policy.timeLimit)
+        cpus = vm.cpus
+        trace = policy.trace
+        try validate()
+        do { try vm.validate() } catch { throw .configuration(error.description) }
+    }
+}
+
 extension String {
     /// CPUIDPolicy's messages are worded for `--cpu-features`; the configuration field says it already.
     fileprivate func replacingFlag() -> String {

@@ -76,7 +76,9 @@ public final class LinuxGuest: @unchecked Sendable {
     public let machine: Machine
     /// COM1: guest output goes to the `console` closure, `serial.enqueueInput` feeds the guest.
     public let serial: Serial16550
-    public let bootInfo: LinuxBootInfo
+    /// Where the loader put the kernel, initrd and zero page (nil for a guest restored from a
+    /// snapshot: nothing was loaded).
+    public let bootInfo: LinuxBootInfo?
     /// The entry the kernel was started at, and a line about it when that is not the one asked for.
     public let entry: LinuxBootEntry
     public let bootNote: String?
@@ -121,9 +123,15 @@ public final class LinuxGuest: @unchecked Sendable {
     /// `hostDevices`, when given, are the disk files and NIC attachments of an earlier boot of the
     /// same configuration, kept open across a reset (the caller closes them); without, the guest
     /// opens its own and closes them when `run` returns.
+    ///
+    /// With `snapshot`, this is the builder's second entry (Firecracker's build from a snapshot):
+    /// `memory` is the snapshot's mapped RAM, which holds the kernel, its tables and everything the
+    /// guest did, so no file but the disks is read and nothing is loaded; the same devices are
+    /// placed on the same ports and addresses, and then KVM's state and the devices' are restored
+    /// (`restore(from:)` for the order).
     public init(
         _ configuration: LinuxGuestConfiguration, memory reused: GuestMemory? = nil, events loop: EventLoop? = nil,
-        hostDevices kept: LinuxHostDevices? = nil, console: @escaping (UInt8) -> Void
+        hostDevices kept: LinuxHostDevices? = nil, console: @escaping (UInt8) -> Void, restoring snapshot: MachineSnapshot? = nil
     ) throws(VMMError) {
         if let loop {
             events = loop
@@ -139,12 +147,19 @@ public final class LinuxGuest: @unchecked Sendable {
         }
         guard configuration.cpus >= 1 else { throw .configuration("--cpus must be at least 1") }
 
-        let kernel = try BootKernel(
-            bytes: try readHostFile(configuration.kernelPath), name: configuration.kernelPath, entry: configuration.entry,
-            cache: DecompressedKernelCache(directory: DecompressedKernelCache.defaultDirectory))
-        (entry, bootNote) = (kernel.entry, kernel.note)
+        if snapshot != nil {
+            guard reused != nil else { throw .configuration("restoring a snapshot needs its memory file mapped") }
+            guard configuration.networkInterfaces.isEmpty else {
+                throw .configuration("snapshots of guests with network interfaces are not supported yet")
+            }
+        }
+        let kernel = try snapshot == nil
+            ? BootKernel(
+                bytes: try readHostFile(configuration.kernelPath), name: configuration.kernelPath, entry: configuration.entry,
+                cache: DecompressedKernelCache(directory: DecompressedKernelCache.defaultDirectory)) : nil
+        (entry, bootNote) = (kernel?.entry ?? configuration.entry, kernel?.note)
         var initrd: [UInt8]?
-        if let path = configuration.initrdPath { initrd = try readHostFile(path) }
+        if snapshot == nil, let path = configuration.initrdPath { initrd = try readHostFile(path) }
         let virtioCount = configuration.disks.count + configuration.networkInterfaces.count
         let host: LinuxHostDevices
         if let kept {
@@ -163,9 +178,11 @@ public final class LinuxGuest: @unchecked Sendable {
         let locations = (0..<virtioCount).compactMap(VirtioMMIOLayout.device)
         let fullCommandLine = ([configuration.commandLine] + locations.map(\.commandLineArgument)).filter { !$0.isEmpty }
             .joined(separator: " ")
-        let commandLine: KernelCommandLine
-        do { commandLine = try KernelCommandLine(fullCommandLine, maximumLength: Int(kernel.commandLineSize)) } catch {
-            throw .configuration(error.description)
+        var commandLine: KernelCommandLine?
+        if let kernel {
+            do { commandLine = try KernelCommandLine(fullCommandLine, maximumLength: Int(kernel.commandLineSize)) } catch {
+                throw .configuration(error.description)
+            }
         }
         self.commandLine = fullCommandLine
 
@@ -190,46 +207,52 @@ public final class LinuxGuest: @unchecked Sendable {
                 throw .memory(error)
             }
         }
-        let entryLayout = LinuxEntryLayout(entry: kernel.entry)
-        do {
-            bootInfo = try kernel.load(
-                initrd: initrd, commandLine: commandLine, memory: memory,
-                reserved: [
-                    GuestAddress(LinuxEntryLayout.gdtAddress)..<GuestAddress(LinuxEntryLayout.gdtAddress + 32),
-                    GuestAddress(LinuxEntryLayout.pageTablesAddress)..<GuestAddress(
-                        LinuxEntryLayout.pageTablesAddress + UInt64(IdentityPaging.size)),
-                ])
-            try entryLayout.install(in: memory)
-        } catch let error as LinuxBootError {
-            throw .configuration(error.description)
-        } catch let error as GuestMemoryError {
-            throw .memory(error)
-        } catch {
-            throw .configuration("\(error)")
-        }
-
-        // The firmware tables: the MP table always, ACPI unless turned off (then the kernel finds no
-        // RSDP, neither through the zero page nor by scanning the BIOS area, which stays zero).
-        // No i8042 in the FADT's boot flags: Linux then does not probe one whose AUX IRQ 12 may be a
-        // disk's; `reboot=k` still resets through port 0x64, which needs no driver.
         let platform = PlatformDescription(
             cpuCount: configuration.cpus,
             virtioMMIODevices: locations.map { VirtioMMIOWindow(base: $0.base, size: $0.size, irq: $0.irq) })
-        do {
-            let tables = try FirmwareTables(description: platform)
-            try tables.write(to: memory)
-            if configuration.acpi {
-                try memory.store(tables.rsdpAddress.rawValue, at: GuestAddress(bootInfo.zeroPage.rawValue + UInt64(BootParams.Offset.acpiRsdpAddr)))
-                if kernel.entry == .pvh { try memory.store(tables.rsdpAddress.rawValue, at: GuestAddress(PVHStartInfo.address.rawValue + PVHStartInfo.rsdpOffset)) }
-            } else {
-                for table in tables.acpiTables { try memory.fill(0, count: table.bytes.count, at: table.address) }
+        let entryLayout = LinuxEntryLayout(entry: entry)
+        if let kernel, let commandLine {
+            let bootInfo: LinuxBootInfo
+            do {
+                bootInfo = try kernel.load(
+                    initrd: initrd, commandLine: commandLine, memory: memory,
+                    reserved: [
+                        GuestAddress(LinuxEntryLayout.gdtAddress)..<GuestAddress(LinuxEntryLayout.gdtAddress + 32),
+                        GuestAddress(LinuxEntryLayout.pageTablesAddress)..<GuestAddress(
+                            LinuxEntryLayout.pageTablesAddress + UInt64(IdentityPaging.size)),
+                    ])
+                try entryLayout.install(in: memory)
+            } catch let error as LinuxBootError {
+                throw .configuration(error.description)
+            } catch let error as GuestMemoryError {
+                throw .memory(error)
+            } catch {
+                throw .configuration("\(error)")
             }
-        } catch let error as FirmwareTableError {
-            throw .configuration(error.description)
-        } catch let error as GuestMemoryError {
-            throw .memory(error)
-        } catch {
-            throw .configuration("\(error)")
+
+            // The firmware tables: the MP table always, ACPI unless turned off (then the kernel finds no
+            // RSDP, neither through the zero page nor by scanning the BIOS area, which stays zero).
+            // No i8042 in the FADT's boot flags: Linux then does not probe one whose AUX IRQ 12 may be a
+            // disk's; `reboot=k` still resets through port 0x64, which needs no driver.
+            do {
+                let tables = try FirmwareTables(description: platform)
+                try tables.write(to: memory)
+                if configuration.acpi {
+                    try memory.store(tables.rsdpAddress.rawValue, at: GuestAddress(bootInfo.zeroPage.rawValue + UInt64(BootParams.Offset.acpiRsdpAddr)))
+                    if kernel.entry == .pvh { try memory.store(tables.rsdpAddress.rawValue, at: GuestAddress(PVHStartInfo.address.rawValue + PVHStartInfo.rsdpOffset)) }
+                } else {
+                    for table in tables.acpiTables { try memory.fill(0, count: table.bytes.count, at: table.address) }
+                }
+            } catch let error as FirmwareTableError {
+                throw .configuration(error.description)
+            } catch let error as GuestMemoryError {
+                throw .memory(error)
+            } catch {
+                throw .configuration("\(error)")
+            }
+            self.bootInfo = bootInfo
+        } else {
+            bootInfo = nil
         }
         platformDescription = platform
 
@@ -314,6 +337,11 @@ public final class LinuxGuest: @unchecked Sendable {
 
         var cpuid = configuration.cpuid
         cpuid.tscDeadlineTimer = system.checkExtension(KVMCapability.tscDeadlineTimer) > 0
+        if let snapshot {
+            try restore(from: snapshot) { index in cpuid.entries(from: supported, vcpu: UInt32(index), of: UInt32(configuration.cpus)) }
+            return
+        }
+        guard let kernel, let bootInfo else { throw .configuration("no kernel was loaded") }
         for index in 0..<configuration.cpus {
             let entries = cpuid.entries(from: supported, vcpu: UInt32(index), of: UInt32(configuration.cpus))
             let vcpu = try machine.addVCPU(cpuid: entries)
@@ -336,6 +364,59 @@ public final class LinuxGuest: @unchecked Sendable {
             } catch {
                 throw .kvm(error)
             }
+        }
+    }
+
+    // MARK: - Snapshots
+
+    /// Every emulated device's state, named as on the bus, for a snapshot of the paused machine
+    /// (the disks' I/O workers are paused between requests, so nothing is in flight).
+    public func deviceStates() throws(SnapshotError) -> [MachineSnapshot.DeviceStateRecord] {
+        guard nics.isEmpty else { throw .notApplicable("snapshots of guests with network interfaces are not supported yet") }
+        var records: [MachineSnapshot.DeviceStateRecord] = [
+            .init(name: "COM1", state: serial.exportState()), .init(name: "i8042", state: keyboardController.exportState()),
+        ]
+        if let powerEvents { records.append(.init(name: "PM1", state: powerEvents.exportState())) }
+        if let emulatedPIT { records.append(.init(name: "PIT", state: emulatedPIT.exportState())) }
+        for (index, runner) in diskRunners.enumerated() {
+            records.append(.init(name: "virtio-blk\(index)", state: runner.transport.exportState()))
+            records.append(.init(name: "virtio-blk\(index)-disk", state: disks[index].device.exportState()))
+        }
+        return records
+    }
+
+    /// The second entry's last step, in KVM's order:
+    /// 1. The VM's in-kernel state (PIC, IOAPIC, PIT, clock), right after KVM_CREATE_IRQCHIP and
+    ///    KVM_CREATE_PIT2 and before any vCPU: the IOAPIC's routes and the PIT must be in place
+    ///    for the interrupts the local APICs then hold.
+    /// 2. Each vCPU (`VCPU.restoreState` has the order inside one).
+    /// 3. The devices last: importing raises their pending interrupt lines again (KVM_IRQ_LINE),
+    ///    which must reach the restored irqchip and APICs, not be overwritten by them.
+    private func restore(from snapshot: MachineSnapshot, offered: (Int) -> [CPUIDEntry]) throws(VMMError) {
+        do throws(SnapshotError) {
+            guard snapshot.vcpus.count == configuration.cpus else {
+                throw .format(.impossible("\(snapshot.vcpus.count) vCPU states for a VM of \(configuration.cpus) vCPUs"))
+            }
+            try machine.restoreKernelState(snapshot.vm)
+            try machine.restoreVCPUs(snapshot.vcpus, offered: offered)
+            var expected: [(String, ([UInt8]) throws(StateFormatError) -> Void)] = [
+                ("COM1", serial.importState), ("i8042", keyboardController.importState),
+            ]
+            if let powerEvents { expected.append(("PM1", powerEvents.importState)) }
+            if let emulatedPIT { expected.append(("PIT", emulatedPIT.importState)) }
+            for (index, runner) in diskRunners.enumerated() {
+                expected.append(("virtio-blk\(index)", runner.transport.importState))
+                expected.append(("virtio-blk\(index)-disk", disks[index].device.importState))
+            }
+            guard snapshot.devices.map(\.name) == expected.map(\.0) else {
+                throw .format(.impossible("devices \(snapshot.devices.map(\.name)) where this VM has \(expected.map(\.0))"))
+            }
+            for (record, (name, importer)) in zip(snapshot.devices, expected) {
+                do { try importer(record.state) } catch { throw .format(.impossible("\(name): \(error.description)")) }
+            }
+            for runner in diskRunners { runner.notifyEveryQueue() }
+        } catch {
+            throw .snapshot(error)
         }
     }
 

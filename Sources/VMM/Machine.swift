@@ -279,12 +279,30 @@ public final class Machine: @unchecked Sendable {
         }
         var entered = false
         var sincePublished = 0
+        /// Whether the last exit may still need a KVM_RUN to complete (see the pause below).
+        var pendingCompletion = false
         while true {
             // A kick sets immediate_exit; clear it before looking at why it came (see RunControl
             // for why this order cannot lose a request), then stop, park or enter the guest.
             if vcpu.immediateExit { vcpu.immediateExit = false }
             if stopSignal.isRequested { break }
             if control.pauseRequested.load(ordering: .sequentiallyConsistent) {
+                // An I/O or MMIO exit is complete only once KVM_RUN is entered again (api.rst,
+                // KVM_RUN: "the corresponding operations are complete (and guest state is
+                // consistent) only after userspace has re-entered the kernel"): until then RIP
+                // still points at the OUT and an IN's value is not in RAX. Re-enter with
+                // immediate_exit set, which finishes the operation and returns EINTR without
+                // running a guest instruction, so the registers a snapshot reads while parked
+                // are the ones after the instruction (a restored OUT is not repeated).
+                if pendingCompletion {
+                    pendingCompletion = false
+                    vcpu.immediateExit = true
+                    do { _ = try vcpu.run() } catch {
+                        requestStop(.vmmError(error.description))
+                        break
+                    }
+                    vcpu.immediateExit = false
+                }
                 control.park()
                 continue
             }
@@ -301,6 +319,8 @@ public final class Machine: @unchecked Sendable {
                 break
             }
             inKVMRun &+= BootMilestones.now &- enteredAt
+            // A KVM_RUN that returned (even with EINTR) completed the exit before it.
+            if case .interrupted = exit { pendingCompletion = false } else { pendingCompletion = true }
             let action = handler.handle(exit)
             trace?.record(ExitTrace.line(vcpu: index, exit: exit, device: handler.lastDevice))
             sincePublished += 1

@@ -102,7 +102,8 @@ public struct UnitGuest: Sendable {
         paused: Bool = false,
         console: (@Sendable (UInt8) -> Void)? = nil,
         prepare: (GuestMemory) throws -> Void = { _ in },
-        started: (Machine) -> Void = { _ in }
+        started: (Machine) -> Void = { _ in },
+        restoring snapshot: MachineSnapshot? = nil
     ) throws -> GuestRun {
         try validate()
         let kvm: KVMSystem
@@ -124,13 +125,15 @@ public struct UnitGuest: Sendable {
             do { memory = try GuestMemory(size: memorySize) } catch { throw VMMError.memory(error) }
         }
         let layout = UnitGuestLayout(memorySize: memorySize, mode: mode)
-        do {
-            try memory.write(program, at: loadAddress)
-            try layout.install(in: memory)
-        } catch {
-            throw VMMError.memory(error)
+        if snapshot == nil {
+            do {
+                try memory.write(program, at: loadAddress)
+                try layout.install(in: memory)
+            } catch {
+                throw VMMError.memory(error)
+            }
+            try prepare(memory)
         }
-        try prepare(memory)
 
         let machine = try Machine(system: kvm, memory: memory)
         machine.trace = trace
@@ -146,7 +149,22 @@ public struct UnitGuest: Sendable {
             try machine.addPortDevice(stub, at: UnitGuestLayout.exceptionPort)
         }
 
-        for index in 0..<cpus {
+        if let snapshot {
+            // The snapshot's second entry into the same builder: the devices above are the
+            // same (they hold no state in a unit guest), the program and tables are in the
+            // mapped RAM already, and the vCPUs come from the saved state instead of the entry.
+            guard snapshot.vcpus.count == cpus else {
+                throw SnapshotError.format(.impossible("\(snapshot.vcpus.count) vCPU states for a VM of \(cpus) vCPUs"))
+            }
+            guard snapshot.devices.isEmpty else {
+                throw SnapshotError.format(.impossible("device state '\(snapshot.devices[0].name)' for a unit guest, whose devices hold none"))
+            }
+            try machine.restoreKernelState(snapshot.vm)
+            try machine.restoreVCPUs(snapshot.vcpus) { index in
+                CPUIDPolicy().entries(from: cpuid, vcpu: UInt32(index), of: UInt32(cpus))
+            }
+        }
+        for index in 0..<(snapshot == nil ? cpus : 0) {
             let vcpu = try machine.addVCPU(cpuid: CPUIDPolicy().entries(from: cpuid, vcpu: UInt32(index), of: UInt32(cpus)))
             do {
                 let (registers, special) = layout.cpuState(entry: (entry ?? loadAddress).rawValue, from: try vcpu.specialRegisters())

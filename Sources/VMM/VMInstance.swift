@@ -1,6 +1,7 @@
 import Devices
 import Dispatch
 import Glibc
+import LinuxBoot
 import Synchronization
 import VMConfig
 
@@ -22,6 +23,17 @@ public final class VMInstance: @unchecked Sendable {
     public let events: EventLoop
     private let ownsEvents: Bool
     private let console: @Sendable (UInt8) -> Void
+    /// The snapshot the first boot restores instead of booting (`init(restoring:…)`).
+    private let restoreSource: RestoreSource?
+
+    /// A snapshot and its memory file, checked and mapped: what `init(restoring:…)` builds from.
+    public struct RestoreSource: @unchecked Sendable {
+        // @unchecked: GuestMemory is used by one machine at a time.
+        public let snapshot: MachineSnapshot
+        public let memory: GuestMemory
+        /// Run at once after the restore (Firecracker's `resume_vm`), or stay paused.
+        public let resume: Bool
+    }
 
     /// Where the instance is in its life.
     public enum Phase: Equatable, Sendable {
@@ -60,6 +72,8 @@ public final class VMInstance: @unchecked Sendable {
         /// Wakes a preserved VM's `run()` when it is stopped.
         var preservedRelease: DispatchSemaphore?
         var started: ContinuousClock.Instant?
+        /// Why the restore of the first boot failed, if it did.
+        var restoreFailure: String?
     }
 
     private let state = Mutex(State())
@@ -82,6 +96,7 @@ public final class VMInstance: @unchecked Sendable {
         self.configuration = configuration
         self.policy = policy
         self.console = console
+        restoreSource = nil
         if let loop {
             events = loop
             ownsEvents = false
@@ -92,9 +107,76 @@ public final class VMInstance: @unchecked Sendable {
         id = configuration.name ?? "anonymous"
     }
 
+    /// A VM whose first boot is a restore of `snapshot` (its configuration decoded from the state
+    /// file by the caller, which has JSON), with guest RAM mapped from `memoryPath`. Later boots
+    /// (a guest reboot with `on_reboot: restart`) boot the configuration afresh. Without `resume`
+    /// the restored VM starts paused, until `resume()`.
+    public init(
+        restoring snapshot: MachineSnapshot, configuration: VMConfiguration, memoryPath: String, resume resumeAfterRestore: Bool = true,
+        policy: RunPolicy = RunPolicy(),
+        events loop: EventLoop? = nil, console: @escaping @Sendable (UInt8) -> Void
+    ) throws(SnapshotError) {
+        do { try configuration.validateForHost() } catch { throw .format(.impossible("the saved configuration: \(error.description)")) }
+        // The regions must be the ones this configuration's builder lays out: a state file cannot
+        // place RAM anywhere else (over the MMIO windows, the APIC page).
+        let layout: [(start: GuestAddress, size: Int)]
+        switch configuration.boot {
+        case .firmware: layout = [(GuestAddress(0), configuration.memoryBytes)]
+        case .linux: layout = LinuxBootLayout.guestMemoryLayout(size: configuration.memoryBytes)
+        }
+        guard layout.map({ [$0.start.rawValue, UInt64($0.size)] }) == snapshot.memory.map({ [$0.guestAddress, $0.size] }) else {
+            throw .format(.impossible("memory regions that are not the ones a VM of \(configuration.memoryBytes) bytes has"))
+        }
+        guard snapshot.vcpus.count == configuration.cpus else {
+            throw .format(.impossible("\(snapshot.vcpus.count) vCPU states for a configuration of \(configuration.cpus) vCPUs"))
+        }
+        let total = snapshot.memory.reduce(UInt64(0)) { $0 &+ $1.size }
+        guard total == UInt64(configuration.memoryBytes) else {
+            throw .format(.impossible("\(total) bytes of memory regions for a configuration of \(configuration.memoryBytes) bytes"))
+        }
+        let memory = try GuestMemory.mapSnapshotFile(memoryPath, regions: snapshot.memory)
+        self.configuration = configuration
+        self.policy = policy
+        self.console = console
+        restoreSource = RestoreSource(snapshot: snapshot, memory: memory, resume: resumeAfterRestore)
+        do {
+            if let loop {
+                events = loop
+                ownsEvents = false
+            } else {
+                events = try EventLoop()
+                ownsEvents = true
+            }
+        } catch {
+            throw .vmm(error)
+        }
+        id = configuration.name ?? "anonymous"
+    }
+
+    // MARK: - Snapshots
+
+    /// Writes a full snapshot of the paused VM: the state file at `statePath` (with
+    /// `configurationJSON`, the configuration encoded by the caller) and guest RAM at `memoryPath`.
+    /// The VM stays paused; resume it or stop it afterwards.
+    public func snapshot(statePath: String, memoryPath: String, configurationJSON: [UInt8]) throws(SnapshotError) {
+        let (phase, machine, linux) = state.withLock { ($0.phase, $0.machine, $0.linux) }
+        guard case .booted = phase, let machine, machine.state == .paused else {
+            throw .notApplicable("the VM is \(runState.description), it must be paused to snapshot")
+        }
+        let devices = try linux?.deviceStates() ?? []
+        let kernel = try machine.captureKernelState()
+        let regions = try machine.memory.writeSnapshotFile(to: memoryPath)
+        let snapshot = MachineSnapshot(configuration: configurationJSON, memory: regions, vm: kernel.vm, vcpus: kernel.vcpus, devices: devices)
+        try snapshot.write(to: statePath)
+    }
+
     // MARK: - What the API reports
 
     public var phase: Phase { state.withLock { $0.phase } }
+    /// Why restoring the snapshot failed (nil while it has not, or for a VM that boots).
+    public var restoreFailure: String? { state.withLock { $0.restoreFailure } }
+    /// Whether this VM's first boot restores a snapshot.
+    public var isRestore: Bool { restoreSource != nil }
     /// How many times the guest has been booted (1 after the first boot, 2 after one restart).
     public var bootCount: Int { state.withLock { $0.bootCount } }
     /// The machine of the current boot (nil before the first and between boots).
@@ -159,31 +241,44 @@ public final class VMInstance: @unchecked Sendable {
             }
             boots += 1
             let bootPolicy = RunPolicy(trace: policy.trace, timeLimit: remaining)
-            let startPaused = paused && boots == 1
+            let startPaused = (paused || restoreSource?.resume == false) && boots == 1
             let report: RunReport
             switch configuration.boot {
             case .linux:
+                let restoring = boots == 1 ? restoreSource : nil
                 let linuxConfiguration = try LinuxGuestConfiguration(configuration, policy: bootPolicy)
                 if hostDevices == nil { hostDevices = try LinuxHostDevices(linuxConfiguration) }
-                let guest = try LinuxGuest(
-                    linuxConfiguration, memory: memory, events: events, hostDevices: hostDevices, console: console)
+                let guest: LinuxGuest
+                do {
+                    guest = try LinuxGuest(
+                        linuxConfiguration, memory: restoring?.memory ?? memory, events: events, hostDevices: hostDevices,
+                        console: console, restoring: restoring?.snapshot)
+                } catch {
+                    if restoring != nil { state.withLock { $0.restoreFailure = error.description } }
+                    throw error
+                }
                 memory = guest.machine.memory
                 milestones = guest.machine.milestones
                 publish(machine: guest.machine, linux: guest, boot: boots)
                 report = try guest.run(paused: startPaused)
                 devicesStuck = guest.hostDevicesStuck
             case .firmware:
-                let guest = try UnitGuest(configuration, policy: bootPolicy)
+                let restoring = boots == 1 ? restoreSource : nil
+                let guest = try restoring == nil ? UnitGuest(configuration, policy: bootPolicy) : UnitGuest(restoring: configuration, policy: bootPolicy)
                 let run: GuestRun
                 do {
                     run = try guest.run(
-                        memory: memory, paused: startPaused, console: console,
+                        memory: restoring?.memory ?? memory, paused: startPaused, console: console,
                         started: { [self] machine in
                             milestones = machine.milestones
                             publish(machine: machine, linux: nil, boot: boots)
-                        })
+                        }, restoring: restoring?.snapshot)
                 } catch let error as VMMError {
+                    if restoring != nil { state.withLock { $0.restoreFailure = error.description } }
                     throw error
+                } catch let error as SnapshotError {
+                    state.withLock { $0.restoreFailure = error.description }
+                    throw .configuration(error.description)
                 } catch {
                     throw .configuration("\(error)")
                 }

@@ -13,6 +13,8 @@ public enum VMMError: Error, CustomStringConvertible, Equatable {
     case configuration(String)
     /// A file the user named cannot be used.
     case file(path: String, problem: String)
+    /// A snapshot could not be restored (a refused state file, another host).
+    indirect case snapshot(SnapshotError)
 
     public var description: String {
         switch self {
@@ -22,6 +24,7 @@ public enum VMMError: Error, CustomStringConvertible, Equatable {
         case .system(let call, let errno): "\(call) failed: \(String(cString: strerror(errno)))"
         case .configuration(let text): text
         case .file(let path, let problem): "\(path): \(problem)"
+        case .snapshot(let error): error.description
         }
     }
 }

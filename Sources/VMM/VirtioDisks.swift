@@ -112,6 +112,13 @@ final class VirtioDeviceRunner: PausableWorker, @unchecked Sendable {
 
     func resume() { gate.resume() }
 
+    /// Signals every queue's notification once, as if the driver had: after a restore, so a chain
+    /// the driver made available (and notified) just before the snapshot is served — the
+    /// notification was an eventfd count in the old process, not part of any state saved.
+    func notifyEveryQueue() {
+        for event in notifications { event.signal() }
+    }
+
     /// Starts the I/O thread: it sleeps in poll(2) until a queue is notified, an input the device
     /// wants becomes readable, or `stop` is called.
     func start() throws(VMMError) {

@@ -46,6 +46,12 @@ public struct GuestMemoryRegion: @unchecked Sendable {
 /// how the memory is provided. The mappings are released when the last reference goes away.
 public final class GuestMemory: @unchecked Sendable {
     public let regions: [GuestMemoryRegion]
+    /// Whether the regions map a file (`init(mappingFile:…)`, a restored snapshot) rather than
+    /// anonymous memory: a page never touched then holds the file's bytes, not zeros.
+    public let isFileBacked: Bool
+    /// The mapped file's device and inode (`init(mappingFile:…)`), so nothing truncates it while
+    /// it is mapped: a write into it would take pages the mapping still reads (SIGBUS).
+    public let backingFile: (device: UInt64, inode: UInt64)?
 
     /// Maps anonymous memory for each `(start, size)` pair. Sizes must be non-zero multiples of 4 KiB,
     /// starts page-aligned, and the ranges must not overlap.
@@ -75,6 +81,52 @@ public final class GuestMemory: @unchecked Sendable {
             mapped.append(GuestMemoryRegion(start: block.start, size: block.size, host: pointer))
         }
         regions = mapped
+        isFileBacked = false
+        backingFile = nil
+    }
+
+    /// Maps each region of a memory file written by a snapshot, `MAP_PRIVATE`: pages are read
+    /// from the file only when the guest (or KVM) first touches them, and a write makes a private
+    /// copy, so the file stays as it was and two VMs restored from it never see each other's
+    /// writes. `layout` gives each region's guest address, size and offset in the file; the
+    /// same checks as for anonymous memory apply, and every region must lie inside the file.
+    public init(
+        mappingFile descriptor: Int32, fileSize: Int, layout: [(start: GuestAddress, size: Int, offset: Int)]
+    ) throws(GuestMemoryError) {
+        let sorted = layout.sorted { $0.start < $1.start }
+        var previousEnd: UInt64 = 0
+        for (index, block) in sorted.enumerated() {
+            guard block.size > 0, block.size % 4096 == 0, block.start.rawValue % 4096 == 0, block.offset >= 0,
+                block.offset % 4096 == 0
+            else {
+                throw .invalidLayout("region at \(block.start) of \(block.size) bytes is empty or not 4 KiB aligned")
+            }
+            guard index == 0 || block.start.rawValue >= previousEnd else {
+                throw .invalidLayout("region at \(block.start) overlaps the one before it")
+            }
+            guard let end = block.start.adding(UInt64(block.size)) else {
+                throw .invalidLayout("region at \(block.start) passes the end of the address space")
+            }
+            let (fileEnd, overflow) = block.offset.addingReportingOverflow(block.size)
+            guard !overflow, fileEnd <= fileSize else {
+                throw .invalidLayout("region at \(block.start) needs bytes \(block.offset)..<\(fileEnd) of a \(fileSize)-byte memory file")
+            }
+            previousEnd = end.rawValue
+        }
+        var mapped: [GuestMemoryRegion] = []
+        for block in sorted {
+            let pointer = mmap(nil, block.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, descriptor, off_t(block.offset))
+            guard let pointer, pointer != MAP_FAILED else {
+                let error = errno
+                for region in mapped { munmap(region.host, region.size) }
+                throw .allocationFailed(size: block.size, errno: error)
+            }
+            mapped.append(GuestMemoryRegion(start: block.start, size: block.size, host: pointer))
+        }
+        regions = mapped
+        isFileBacked = true
+        var status = stat()
+        backingFile = fstat(descriptor, &status) == 0 ? (UInt64(status.st_dev), UInt64(status.st_ino)) : nil
     }
 
     /// One region of `size` bytes at guest address 0.

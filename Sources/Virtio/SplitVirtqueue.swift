@@ -60,6 +60,8 @@ public enum VirtqueueError: Error, Equatable, CustomStringConvertible, Sendable 
     case indirectDescriptor(head: UInt16)
     /// A device-readable buffer after a device-writable one (§2.7.4.2 forbids it).
     case readableAfterWritable(head: UInt16)
+    /// A snapshot's queue indices that no drained queue can have.
+    case restoredIndices(nextAvailable: UInt16, nextUsed: UInt16, published: UInt16)
 
     public var description: String {
         switch self {
@@ -67,6 +69,8 @@ public enum VirtqueueError: Error, Equatable, CustomStringConvertible, Sendable 
         case .areaOutsideMemory(let name, let address): "the \(name) at 0x\(String(address, radix: 16)) is misaligned or outside guest RAM"
         case .availableIndexJump(let available, let consumed): "available idx \(available) is more than a queue ahead of \(consumed)"
         case .descriptorOutOfRange(let index, let size): "descriptor \(index) is outside a table of \(size)"
+        case .restoredIndices(let available, let used, let published):
+            "restored queue indices (next available \(available), next used \(used)) do not match a drained queue whose used idx is \(published)"
         case .chainTooLong(let head): "the chain at descriptor \(head) is longer than the queue (a loop)"
         case .indirectDescriptor(let head): "the chain at descriptor \(head) uses indirect descriptors, which were not offered"
         case .readableAfterWritable(let head): "the chain at descriptor \(head) has a device-readable buffer after a writable one"
@@ -116,6 +120,20 @@ public struct SplitVirtqueue: Sendable {
     }
 
     private var size: UInt16 { configuration.size }
+
+    /// A queue restored from a snapshot: the driver's configuration (checked as when the driver
+    /// enables it) and the device's two indices. In-flight requests were drained before the
+    /// snapshot, so every chain taken was used: `nextAvailable` must equal `nextUsed`, and
+    /// `nextUsed` the used-ring idx the device last published in guest memory.
+    public init(
+        restoring configuration: VirtqueueConfiguration, maximumSize: UInt16, nextAvailable: UInt16, nextUsed: UInt16, memory: GuestMemory
+    ) throws(VirtqueueError) {
+        try self.init(configuration, maximumSize: maximumSize, memory: memory)
+        let published = try load(UInt16.self, configuration.usedRing + 2, memory)
+        guard nextAvailable == nextUsed, published == nextUsed else { throw .restoredIndices(nextAvailable: nextAvailable, nextUsed: nextUsed, published: published) }
+        self.nextAvailable = nextAvailable
+        self.nextUsed = nextUsed
+    }
 
     /// Takes the next chain the driver made available: its head index and buffers (appended to
     /// `buffers`, which is emptied first). Nil when there is nothing new, or when `stopRequest`

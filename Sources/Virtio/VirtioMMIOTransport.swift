@@ -110,13 +110,13 @@ public final class VirtioMMIOTransport: BusDevice, @unchecked Sendable {
     /// Why the device last set DEVICE_NEEDS_RESET (for logs and tests).
     public var lastError: VirtqueueError? { registers.withLock { $0.brokenBy } }
 
-    private let registers: Mutex<Registers>
+    let registers: Mutex<Registers>
     /// Held by the worker while it serves a queue; a reset or disable takes it to wait for the
     /// worker. Lock order: `serving`, then `registers` (never the other way round).
-    private let serving = Mutex(Serving())
+    let serving = Mutex(Serving())
     /// One per queue, handed to each `SplitVirtqueue` the worker serves.
-    private let stopRequests: [VirtqueueStopRequest]
-    private let interruptStatus = Atomic<UInt32>(0)
+    let stopRequests: [VirtqueueStopRequest]
+    let interruptStatus = Atomic<UInt32>(0)
 
     public init(device: any VirtioDevice, memory: GuestMemory, interrupt: any InterruptTrigger) {
         self.device = device

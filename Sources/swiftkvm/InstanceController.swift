@@ -1,4 +1,5 @@
 import ControlAPI
+import Glibc
 import Synchronization
 import VMConfig
 import VMM
@@ -21,23 +22,32 @@ final class InstanceController: VMController, @unchecked Sendable {
     private let makeInstance: ((VMConfiguration) throws(VMMError) -> VMInstance)?
     /// Hands a started instance to whoever runs it (`serve`'s main thread).
     private let onStart: (VMInstance) -> Void
+    /// Builds the instance `PUT /snapshot/load` asks for (`serve`); nil when the VM exists from the start.
+    private let makeRestoredInstance: RestoredInstanceMaker?
+
+    typealias RestoredInstanceMaker = (_ snapshot: MachineSnapshot, _ configuration: VMConfiguration, _ memoryPath: String, _ resume: Bool)
+        throws(SnapshotError) -> VMInstance
+    /// How long `PUT /snapshot/load` waits for the restored machine to be built before it answers.
+    static let restorePatience: Duration = .seconds(30)
 
     /// For `swiftkvm run --api-socket`: the VM exists and runs (or will at once).
     init(instance: VMInstance, output: ConsoleOutputBuffer?) {
         state = Mutex(State(draft: ConfigurationDraft(instance.configuration), instance: instance))
         self.output = output
         makeInstance = nil
+        makeRestoredInstance = nil
         onStart = { _ in }
     }
 
     /// For `swiftkvm serve`: an empty VMM, configured through the API until `InstanceStart`.
     init(
         output: ConsoleOutputBuffer?, makeInstance: @escaping (VMConfiguration) throws(VMMError) -> VMInstance,
-        onStart: @escaping (VMInstance) -> Void
+        makeRestoredInstance: RestoredInstanceMaker? = nil, onStart: @escaping (VMInstance) -> Void
     ) {
         state = Mutex(State(draft: ConfigurationDraft(), instance: nil))
         self.output = output
         self.makeInstance = makeInstance
+        self.makeRestoredInstance = makeRestoredInstance
         self.onStart = onStart
     }
 
@@ -80,7 +90,7 @@ final class InstanceController: VMController, @unchecked Sendable {
         do { made = try makeInstance(configuration) } catch {
             switch error {
             case .kvm, .system: throw .internalFailure(error.description)
-            case .configuration, .file, .memory, .bus: throw .invalid(error.description)
+            case .configuration, .file, .memory, .bus, .snapshot: throw .invalid(error.description)
             }
         }
         state.withLock { $0.instance = made }
@@ -142,6 +152,63 @@ final class InstanceController: VMController, @unchecked Sendable {
             },
             console: ConsoleStatistics(
                 bytesWritten: UInt64(max(0, output?.writtenBytes ?? 0)), bytesDropped: UInt64(max(0, output?.droppedBytes ?? 0))))
+    }
+
+    // MARK: - Snapshots
+
+    func createSnapshot(_ request: SnapshotCreateRequest) throws(ControllerError) {
+        guard let instance, instance.runState == .paused, case .booted = instance.phase else {
+            throw .wrongState("PUT /snapshot/create", current: instanceInfo().state, needs: [.paused])
+        }
+        let json: [UInt8]
+        do { json = Array(try ConfigurationFile.encode(instance.configuration).utf8) } catch {
+            throw .internalFailure("the configuration could not be encoded: \(error)")
+        }
+        do {
+            try instance.snapshot(statePath: request.snapshotPath, memoryPath: request.memFilePath, configurationJSON: json)
+        } catch {
+            throw Self.map(error)
+        }
+    }
+
+    func loadSnapshot(_ request: SnapshotLoadRequest) throws(ControllerError) {
+        guard let makeRestoredInstance else { throw .wrongState("PUT /snapshot/load: this VMM runs a VM already; start one with 'swiftkvm serve'") }
+        guard instance == nil else { throw .wrongState("PUT /snapshot/load", current: instanceInfo().state, needs: [.notStarted]) }
+        let made: VMInstance
+        do throws(SnapshotError) {
+            let snapshot = try MachineSnapshot(contentsOf: request.snapshotPath)
+            let configuration: VMConfiguration
+            do { configuration = try ConfigurationFile.decode(snapshot.configuration) } catch {
+                throw SnapshotError.format(.impossible("the saved configuration: \(error.description)"))
+            }
+            made = try makeRestoredInstance(snapshot, configuration, request.memoryPath, request.resumeVM)
+        } catch {
+            throw Self.map(error)
+        }
+        state.withLock { $0.instance = made }
+        onStart(made)
+        // The machine is built on the thread that runs it: wait until it runs (or is parked, without
+        // resume_vm) or its restore was refused, so the answer says which.
+        let deadline = ContinuousClock.now + Self.restorePatience
+        while ContinuousClock.now < deadline {
+            if let failure = made.restoreFailure { throw .invalid(failure) }
+            if case .finished(let outcome) = made.phase { throw .internalFailure("the restored VM ended at once: \(outcome.description)") }
+            if case .booted = made.phase, made.machine?.state != .notStarted { return }
+            usleep(200)
+        }
+        throw .internalFailure("the restored VM was not running after \(Self.restorePatience)")
+    }
+
+    static func map(_ error: SnapshotError) -> ControllerError {
+        switch error {
+        case .format, .incompatibleHost, .file: .invalid(error.description)
+        case .notApplicable(let text): text.contains("must be paused") ? .wrongState(text) : .invalid(text)
+        case .vmm(let inner):
+            switch inner {
+            case .kvm, .system: .internalFailure(error.description)
+            case .configuration, .file, .memory, .bus, .snapshot: .invalid(error.description)
+            }
+        }
     }
 
     static func seconds(_ duration: Duration) -> Double {

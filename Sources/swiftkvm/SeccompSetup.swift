@@ -15,10 +15,15 @@ enum SeccompSetup {
         /// (it reads the kernel again and makes a new KVM VM), and `vmm` stacked on every vCPU
         /// and device thread, the ones that handle what the guest writes.
         case rebuilding
+        /// `rebuilding`, for a VMM with a control API, which can also write snapshots where its
+        /// client says (the VMM's threads may open files for writing; the vCPU and device threads
+        /// still may not open anything).
+        case controlled
     }
 
     static func mode(for vm: VMConfiguration, apiSocket: String?) -> Mode {
-        apiSocket == nil && ![vm.onPowerOff, vm.onReboot, vm.onCrash].contains(.restart) ? .strict : .rebuilding
+        if apiSocket != nil { return .controlled }
+        return [vm.onPowerOff, vm.onReboot, vm.onCrash].contains(.restart) ? .rebuilding : .strict
     }
 
     static var strictPolicy: SeccompPolicy {
@@ -31,10 +36,11 @@ enum SeccompSetup {
             switch mode {
             case .strict:
                 try strictPolicy.install()
-            case .rebuilding:
+            case .rebuilding, .controlled:
                 try SeccompPolicy.rebuildingVMM(
                     ioctlRequests: KVMSystem.runtimeIoctlRequests + TapBackend.runtimeIoctlRequests,
-                    buildRequests: KVMSystem.buildIoctlRequests
+                    buildRequests: KVMSystem.buildIoctlRequests,
+                    snapshotRequests: mode == .controlled ? KVMSystem.snapshotIoctlRequests : nil
                 ).install()
                 let strict = strictPolicy
                 GuestFacingThreads.onStart {

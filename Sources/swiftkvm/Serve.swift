@@ -14,7 +14,8 @@ struct Serve: ParsableCommand {
         discussion: """
             Listens on --api-socket (HTTP/1.1 + JSON; see docs/api.md and docs/openapi.yaml). PUT \
             /boot-source, /machine-config and /drives/{drive_id} describe the VM; PUT /actions \
-            {"action_type": "InstanceStart"} boots it. The guest's console is this terminal. The VMM \
+            {"action_type": "InstanceStart"} boots it; or PUT /snapshot/load restores a snapshot \
+            instead (see docs/snapshots.md). The guest's console is this terminal. The VMM \
             exits when the VM ends, with the status 'swiftkvm run' would give; SIGINT or SIGTERM \
             before the start exits at once.
 
@@ -62,7 +63,14 @@ struct Serve: ParsableCommand {
             output: output,
             makeInstance: { [seccomp] configuration throws(VMMError) in
                 let instance = try VMInstance(configuration, policy: policy, events: events) { output.append($0) }
-                if seccomp == "on" { instance.beforeFirstBoot { SeccompSetup.install(.rebuilding) } }
+                if seccomp == "on" { instance.beforeFirstBoot { SeccompSetup.install(.controlled) } }
+                return instance
+            },
+            makeRestoredInstance: { [seccomp] snapshot, configuration, memoryPath, resume throws(SnapshotError) in
+                let instance = try VMInstance(
+                    restoring: snapshot, configuration: configuration, memoryPath: memoryPath, resume: resume, policy: policy, events: events
+                ) { output.append($0) }
+                if seccomp == "on" { instance.beforeFirstBoot { SeccompSetup.install(.controlled) } }
                 return instance
             },
             onStart: { handoff.give($0) })

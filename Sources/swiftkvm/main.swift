@@ -15,7 +15,7 @@ struct SwiftKVM: ParsableCommand {
             Boots a Linux bzImage with its serial console on your terminal, or runs a flat firmware \
             binary in real, protected, long or user mode. See 'swiftkvm run --help'.
             """,
-        subcommands: [Run.self, Serve.self, Import.self, Export.self])
+        subcommands: [Run.self, Serve.self, Import.self, Export.self, SnapshotCommand.self, RestoreCommand.self])
 }
 
 struct Run: ParsableCommand {
@@ -338,7 +338,7 @@ struct Run: ParsableCommand {
             output.finish()
             switch error {
             case .kvm, .system: throw RuntimeFailure(error.description)
-            case .configuration, .file, .memory, .bus: throw UsageError(error.description)
+            case .configuration, .file, .memory, .bus, .snapshot: throw UsageError(error.description)
             }
         }
         input?.stop()

@@ -37,8 +37,8 @@ import VMConfig
 
     @Test func everyDocumentedOperationIsRoutedAndNoOther() throws {
         let operations = try Self.operations()
-        #expect(operations.count == 9)
-        #expect(operations.values.map(\.count).reduce(0, +) == 10)
+        #expect(operations.count == 11)
+        #expect(operations.values.map(\.count).reduce(0, +) == 12)
         let router = APIRouter(controller: MockVMController())
         for (template, methods) in operations {
             let path = template.replacingOccurrences(of: "{drive_id}", with: "d1").replacingOccurrences(of: "{iface_id}", with: "n1")

@@ -842,3 +842,51 @@ extension PIT8254 {
         nanoseconds * frequency / 1_000_000_000
     }
 }
+
+// MARK: - Snapshots
+
+@Suite struct PIT8254StateTests {
+    /// Counter 0 in mode 2 (rate generator) of period 1000, exported after 3.5 periods, imported
+    /// into a PIT whose clock is 50 s later: it stands where it stood and goes on from there.
+    @Test func aRestoredPITContinuesWhereItStood() throws {
+        let first = Machine()
+        first.at(tick: 0)
+        first.program(counter: 0, controlWord: 0x34, count: 1000)  // counter 0, LSB+MSB, mode 2
+        first.advance(toTick: 3500)
+        let edges = first.line.edges
+        let before = first.latchedCount(counter: 0)
+        let state = first.pit.exportState()
+
+        let second = Machine()
+        second.clock.set(origin + 50_000_000_000)
+        try second.pit.importState(state)
+        #expect(second.latchedCount(counter: 0) == before, "the count stands where it stood, not 50 s on")
+        #expect(second.pit.exportState() == state)
+        // 600 more ticks: past the next terminal count (the count was 500), one more edge.
+        second.clock.set(origin + 50_000_000_000 + nanoseconds(ticks: 600))
+        second.pit.advance(to: second.clock.peek)
+        #expect(second.line.edges == 1)
+        #expect(edges == 1, "one advance delivers one edge; the three owed were coalesced")
+    }
+
+    @Test func impossiblePITStateIsRefused() throws {
+        let machine = Machine()
+        machine.program(counter: 0, controlWord: 0x34, count: 1000)
+        let state = machine.pit.exportState()
+        func refused(_ change: (inout [UInt8]) -> Void, _ words: String) {
+            var bytes = state
+            change(&bytes)
+            do {
+                try Machine().pit.importState(bytes)
+                Issue.record("accepted; expected '\(words)'")
+            } catch {
+                #expect(error.description.contains(words), "\(error.description)")
+            }
+        }
+        refused({ $0[1] = 0 }, "PIT counter 0 has no read/write mode")
+        refused({ $0[2] = 9 }, "PIT counter 0 is in mode 9")
+        refused({ for index in 5..<13 { $0[index] = 0 } }, "PIT counter 0 holds count 0")
+        refused({ $0[0] = 3 }, "PIT state version 3")
+        refused({ $0.removeLast() }, "truncated")
+    }
+}

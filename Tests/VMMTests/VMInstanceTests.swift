@@ -11,7 +11,7 @@ import VMM
 struct VMInstanceTests {
     /// Runs `instance` on a thread of its own; `body` gets it while it runs.
     static func running(
-        _ instance: VMInstance, paused: Bool = false, _ body: (VMInstance) throws -> Void = { _ in }
+        _ instance: VMInstance, paused: Bool = false, within seconds: Double = 120, _ body: (VMInstance) throws -> Void = { _ in }
     ) throws -> VMInstance.Report {
         let result = Mutex<Result<VMInstance.Report, VMMError>?>(nil)
         let finished = DispatchSemaphore(value: 0)
@@ -21,7 +21,7 @@ struct VMInstanceTests {
             finished.signal()
         }
         let failure = Result { try body(instance) }
-        if finished.wait(timeout: .now() + 120) == .timedOut {
+        if finished.wait(timeout: .now() + seconds) == .timedOut {
             instance.stop()
             _ = finished.wait(timeout: .now() + 30)
             Issue.record("the VM did not end in time")

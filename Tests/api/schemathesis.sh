@@ -8,8 +8,10 @@
 #   Tests/api/schemathesis.sh --vm SWIFTKVM FIRMWARE  runs a real firmware VM (`SWIFTKVM run --firmware
 #                                                    FIRMWARE --mode user --api-socket ...`) and tests
 #                                                    every operation but PUT /actions, whose Stop and
-#                                                    Kill would end it (the mock covers that one);
-#                                                    PATCH /vm really pauses and resumes its vCPUs
+#                                                    Kill would end it, and PUT /snapshot/create, which
+#                                                    would write files at the paths it makes up (the
+#                                                    mock covers both); PATCH /vm really pauses and
+#                                                    resumes its vCPUs
 #
 # schemathesis speaks TCP only: socat bridges a port on 127.0.0.1 (chosen free) to the socket.
 # Checks: no 5xx (not_a_server_error), every status documented for its operation, every body's
@@ -45,7 +47,7 @@ elif [ "$1" = "--vm" ]; then
     vm=$!
     pids+=($vm)
     shift 3
-    set -- --exclude-path /actions "$@"
+    set -- --exclude-path /actions --exclude-path /snapshot/create "$@"
 else
     socket=$1
     shift

@@ -21,6 +21,7 @@ static const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
 static const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
 static const unsigned long CKVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
 static const unsigned long CKVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+static const unsigned long CKVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
 
 // VM ioctls, on a VM file descriptor.
 static const unsigned long CKVM_CREATE_VCPU = KVM_CREATE_VCPU;
@@ -32,6 +33,13 @@ static const unsigned long CKVM_CREATE_PIT2 = KVM_CREATE_PIT2;
 static const unsigned long CKVM_IRQ_LINE = KVM_IRQ_LINE;
 static const unsigned long CKVM_IOEVENTFD = KVM_IOEVENTFD;
 static const unsigned long CKVM_IRQFD = KVM_IRQFD;
+// VM state for snapshots: the in-kernel PIC and IOAPIC, the in-kernel PIT, the KVM clock.
+static const unsigned long CKVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
+static const unsigned long CKVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
+static const unsigned long CKVM_GET_PIT2 = KVM_GET_PIT2;
+static const unsigned long CKVM_SET_PIT2 = KVM_SET_PIT2;
+static const unsigned long CKVM_GET_CLOCK = KVM_GET_CLOCK;
+static const unsigned long CKVM_SET_CLOCK = KVM_SET_CLOCK;
 
 // vCPU ioctls, on a vCPU file descriptor.
 static const unsigned long CKVM_RUN = KVM_RUN;
@@ -45,6 +53,21 @@ static const unsigned long CKVM_SET_MSRS = KVM_SET_MSRS;
 static const unsigned long CKVM_SET_FPU = KVM_SET_FPU;
 static const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
 static const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
+// vCPU state for snapshots.
+static const unsigned long CKVM_GET_CPUID2 = KVM_GET_CPUID2;
+static const unsigned long CKVM_GET_FPU = KVM_GET_FPU;
+static const unsigned long CKVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
+static const unsigned long CKVM_GET_XSAVE = KVM_GET_XSAVE;
+static const unsigned long CKVM_GET_XSAVE2 = KVM_GET_XSAVE2;
+static const unsigned long CKVM_SET_XSAVE = KVM_SET_XSAVE;
+static const unsigned long CKVM_GET_XCRS = KVM_GET_XCRS;
+static const unsigned long CKVM_SET_XCRS = KVM_SET_XCRS;
+static const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+static const unsigned long CKVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
+static const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+static const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+static const unsigned long CKVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
 
 // MARK: - kvm_run layout
 // Swift imports the fields of kvm_run's anonymous union as computed properties, so
