@@ -9,7 +9,8 @@ import Glibc
 /// under a lock. Each client has a bounded queue and a sender thread of its own; a client that
 /// stops reading fills its queue and loses bytes (counted), while the others and the guest go on.
 ///
-/// Protocol on the console socket: the client sends one line, `replay=all|N|0 mode=read-only|write`;
+/// Protocol on the console socket: the client sends one line, `replay=all|run|N mode=read-only|write`
+/// (`run`: what this VMM's run printed, from its first boot mark on);
 /// the hub answers `ok` (then the replayed history and the live output follow, raw) or
 /// `error TEXT` and closes. Bytes a writer sends after `ok` are the guest's input.
 public final class ConsoleHub: @unchecked Sendable {
@@ -26,17 +27,20 @@ public final class ConsoleHub: @unchecked Sendable {
     private var historyCount = 0
     private var logPending: [UInt8] = []
     private var logDropped = 0
-    private var clients: [Int: Client] = [:]
+    private var clients: [Client] = []
     private var nextID = 0
     private var writerID: Int?
     private var stopping = false
     private var listener: Int32 = -1
     private var droppedForClients = 0
+    /// Bytes in the history that came before this run (`preload`), less those pushed out since.
+    private var preloaded = 0
     private let logWake = DispatchSemaphore(value: 0)
     private let logDone = DispatchSemaphore(value: 0)
     private var logThreadStarted = false
 
     final class Client {
+        let id: Int
         let fd: Int32
         let isWriter: Bool
         var queue: [UInt8]
@@ -44,7 +48,8 @@ public final class ConsoleHub: @unchecked Sendable {
         var closed = false
         let wake = DispatchSemaphore(value: 0)
         let senderDone = DispatchSemaphore(value: 0)
-        init(fd: Int32, isWriter: Bool, queue: [UInt8]) {
+        init(id: Int, fd: Int32, isWriter: Bool, queue: [UInt8]) {
+            self.id = id
             self.fd = fd
             self.isWriter = isWriter
             self.queue = queue
@@ -71,6 +76,7 @@ public final class ConsoleHub: @unchecked Sendable {
     public func preload(_ bytes: [UInt8]) {
         lock.lock()
         for byte in bytes.suffix(historyCapacity) { pushHistory(byte) }
+        preloaded = historyCount
         lock.unlock()
     }
 
@@ -107,7 +113,7 @@ public final class ConsoleHub: @unchecked Sendable {
     /// Under `lock`: whether the log writer must be woken.
     private func deliver(_ byte: UInt8) -> Bool {
         pushHistory(byte)
-        for client in clients.values where !client.closed {
+        for client in clients where !client.closed {
             if client.queue.count < clientCapacity {
                 client.queue.append(byte)
                 if client.queue.count == 1 { client.wake.signal() }
@@ -126,6 +132,7 @@ public final class ConsoleHub: @unchecked Sendable {
     }
 
     private func pushHistory(_ byte: UInt8) {
+        if historyCount == historyCapacity, preloaded > 0 { preloaded -= 1 }
         if historyCount < historyCapacity {
             history[(historyHead + historyCount) % historyCapacity] = byte
             historyCount += 1
@@ -180,18 +187,35 @@ public final class ConsoleHub: @unchecked Sendable {
         }
     }
 
-    /// Parses a client's first line: nil and a reason when it is not one.
-    public static func parseRequest(_ line: String) -> (replay: Int?, writer: Bool)? {
-        var replay: Int? = 0
+    /// How much history a client asks for first.
+    public enum Replay: Equatable, Sendable {
+        case all
+        /// What this run printed (since `preload`).
+        case run
+        case bytes(Int)
+
+        public var word: String {
+            switch self {
+            case .all: "all"
+            case .run: "run"
+            case .bytes(let count): String(count)
+            }
+        }
+    }
+
+    /// Parses a client's first line; nil when it is not one.
+    public static func parseRequest(_ line: String) -> (replay: Replay, writer: Bool)? {
+        var replay = Replay.bytes(0)
         var writer = false
         for word in line.split(separator: " ") {
             let pair = word.split(separator: "=", maxSplits: 1).map(String.init)
             guard pair.count == 2 else { return nil }
             switch (pair[0], pair[1]) {
-            case ("replay", "all"): replay = nil
+            case ("replay", "all"): replay = .all
+            case ("replay", "run"): replay = .run
             case ("replay", let number):
                 guard let value = Int(number), value >= 0 else { return nil }
-                replay = value
+                replay = .bytes(value)
             case ("mode", "read-only"): writer = false
             case ("mode", "write"): writer = true
             default: return nil
@@ -204,7 +228,7 @@ public final class ConsoleHub: @unchecked Sendable {
         var limit = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
         guard let line = UnixSockets.readLine(fd, limit: 256), let request = Self.parseRequest(line) else {
-            UnixSockets.writeAll(fd, Array("error the first line must be 'replay=all|BYTES mode=read-only|write'\n".utf8))
+            UnixSockets.writeAll(fd, Array("error the first line must be 'replay=all|run|BYTES mode=read-only|write'\n".utf8))
             close(fd)
             return
         }
@@ -223,10 +247,16 @@ public final class ConsoleHub: @unchecked Sendable {
             close(fd)
             return
         }
-        let client = Client(fd: fd, isWriter: request.writer, queue: tail(request.replay))
+        let replayed: [UInt8] =
+            switch request.replay {
+            case .all: tail(nil)
+            case .run: tail(historyCount - preloaded)
+            case .bytes(let count): tail(count)
+            }
         let id = nextID
         nextID += 1
-        clients[id] = client
+        let client = Client(id: id, fd: fd, isWriter: request.writer, queue: replayed)
+        clients.append(client)
         if request.writer { writerID = id }
         lock.unlock()
         spawn { [self] in send(client) }
@@ -266,7 +296,7 @@ public final class ConsoleHub: @unchecked Sendable {
         }
         lock.lock()
         client.closed = true
-        clients[id] = nil
+        clients.removeAll { $0 === client }
         if writerID == id { writerID = nil }
         lock.unlock()
         client.wake.signal()
@@ -300,7 +330,7 @@ public final class ConsoleHub: @unchecked Sendable {
         stopping = true
         let fd = listener
         listener = -1
-        let current = Array(clients.values)
+        let current = clients
         let hadLog = logThreadStarted
         lock.unlock()
         guard !already else { return }
@@ -314,7 +344,7 @@ public final class ConsoleHub: @unchecked Sendable {
         let deadline = ContinuousClock.now + timeout
         while clientCount > 0, ContinuousClock.now < deadline { usleep(10_000) }
         lock.lock()
-        for client in clients.values { shutdown(client.fd, Int32(SHUT_RDWR)) }
+        for client in clients { shutdown(client.fd, Int32(SHUT_RDWR)) }
         lock.unlock()
         if hadLog { _ = logDone.wait(timeout: .now() + .seconds(5)) }
     }
@@ -329,9 +359,9 @@ public final class ConsoleHub: @unchecked Sendable {
 /// A client of a console socket: connects, asks for `replay` bytes of history (nil: all) as a
 /// reader or the writer, and returns the connected descriptor once the hub said `ok`.
 public enum ConsoleClient {
-    public static func attach(_ socketPath: String, replay: Int?, writer: Bool) throws(StoreError) -> Int32 {
+    public static func attach(_ socketPath: String, replay: ConsoleHub.Replay, writer: Bool) throws(StoreError) -> Int32 {
         let fd = try UnixSockets.connect(socketPath, timeout: 10)
-        let request = "replay=\(replay.map(String.init) ?? "all") mode=\(writer ? "write" : "read-only")\n"
+        let request = "replay=\(replay.word) mode=\(writer ? "write" : "read-only")\n"
         guard UnixSockets.writeAll(fd, Array(request.utf8)), let answer = UnixSockets.readLine(fd) else {
             close(fd)
             throw StoreError(.system, "\(socketPath): the console did not answer")

@@ -115,11 +115,11 @@ struct Start: ParsableCommand {
         if let timeLimit, !(timeLimit > 0 && timeLimit < 1e9) { throw UsageError("--time-limit must be a positive number of seconds") }
         guard timeout > 0, timeout < 1e9 else { throw UsageError("--timeout must be a positive number of seconds") }
         let folder = try Kept.folder(name)
-        try Self.start(folder, paused: paused, timeLimit: timeLimit, timeout: timeout)
-        if attach { try KeptAttach.attachUntilEnd(folder, replay: nil) }
+        try Self.start(folder, paused: paused, timeLimit: timeLimit, timeout: timeout, announce: !attach)
+        if attach { try KeptAttach.attachUntilEnd(folder) }
     }
 
-    static func start(_ folder: VMFolder, paused: Bool, timeLimit: Double?, timeout: Double) throws {
+    static func start(_ folder: VMFolder, paused: Bool, timeLimit: Double?, timeout: Double, announce: Bool = true) throws {
         let status = folder.status()
         if status.isRunning {
             printError("'\(folder.name)' is running already" + (status.record.pid.map { " (pid \($0))" } ?? ""))
@@ -133,7 +133,7 @@ struct Start: ParsableCommand {
         defer { close(ready) }
         let (line, timedOut) = Kept.readLine(ready, seconds: timeout)
         if let line, line.hasPrefix("ok") {
-            print("started \(folder.name) (pid \(pid))")
+            if announce { print("started \(folder.name) (pid \(pid))") }
             var reaped: Int32 = 0
             _ = waitpid(pid, &reaped, WNOHANG)
             return
@@ -163,11 +163,12 @@ struct Start: ParsableCommand {
 
 /// `start --attach` and `run --name`: the console until the VM ends (its exit status) or the user detaches (0).
 enum KeptAttach {
-    static func attachUntilEnd(_ folder: VMFolder, replay: Int?) throws {
+    static func attachUntilEnd(_ folder: VMFolder) throws {
         let end: KeptConsole.End
-        do { end = try KeptConsole.attach(folder, replay: replay, readOnly: false) } catch {
-            // It ended before we attached (a guest that exits at once).
+        do { end = try KeptConsole.attach(folder, replay: .run, readOnly: false) } catch {
+            // It ended before we attached (a guest that exits at once): its run from the log.
             guard !folder.isLocked else { throw error }
+            FileHandle.standardOutput.write(Data(lastRun(CappedLog.contents(folder.consoleLogPath), name: folder.name)))
             end = .ended
         }
         switch end {
@@ -183,6 +184,20 @@ enum KeptAttach {
                 throw ExitCode(stop.status ?? 1)
             }
         }
+    }
+}
+
+extension KeptAttach {
+    /// The log from the last first-boot mark on.
+    static func lastRun(_ log: [UInt8], name: String) -> [UInt8] {
+        let mark = Array("[swiftkvm] \(name): boot 1 at".utf8)
+        guard log.count >= mark.count else { return log }
+        var index = log.count - mark.count
+        while index >= 0 {
+            if log[index] == mark[0], Array(log[index..<index + mark.count]) == mark { return Array(log[index...]) }
+            index -= 1
+        }
+        return log
     }
 }
 
@@ -208,8 +223,8 @@ enum KeptRun {
             try options.checkNoVMOptions()
         }
         let folder = try Kept.folder(name)
-        try Start.start(folder, paused: options.paused, timeLimit: options.timeLimit, timeout: 300)
-        try KeptAttach.attachUntilEnd(folder, replay: nil)
+        try Start.start(folder, paused: options.paused, timeLimit: options.timeLimit, timeout: 300, announce: false)
+        try KeptAttach.attachUntilEnd(folder)
     }
 }
 
@@ -359,7 +374,7 @@ struct Console: ParsableCommand {
     @Argument(help: "The VM's name.")
     var name: String
 
-    @Option(name: .long, help: ArgumentHelp("How much of the history to show first: all, or a number of bytes (default: 16384).", valueName: "all|bytes"))
+    @Option(name: .long, help: ArgumentHelp("How much of the history to show first: all (every boot in the log), run (since this start), or a number of bytes (default: 16384).", valueName: "all|run|bytes"))
     var replay: String = "16384"
 
     @Flag(name: .long, help: "Only watch: type nothing into the guest (any number of these may attach).")
@@ -374,10 +389,11 @@ struct Console: ParsableCommand {
         }
     }
 
-    static func parseReplay(_ text: String) throws -> Int? {
-        if text == "all" { return nil }
-        guard let bytes = Int(text), bytes >= 0 else { throw UsageError("--replay must be all or a number of bytes, not '\(text)'") }
-        return bytes
+    static func parseReplay(_ text: String) throws -> ConsoleHub.Replay {
+        if text == "all" { return .all }
+        if text == "run" { return .run }
+        guard let bytes = Int(text), bytes >= 0 else { throw UsageError("--replay must be all, run or a number of bytes, not '\(text)'") }
+        return .bytes(bytes)
     }
 }
 

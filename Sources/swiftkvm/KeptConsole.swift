@@ -15,7 +15,7 @@ enum KeptConsole {
 
     /// Copies the console to standard output until the VM ends or the user detaches (Ctrl-A d on
     /// a terminal). A writer types standard input into the guest.
-    static func attach(_ folder: VMFolder, replay: Int?, readOnly: Bool) throws -> End {
+    static func attach(_ folder: VMFolder, replay: ConsoleHub.Replay, readOnly: Bool) throws -> End {
         let fd: Int32
         do { fd = try ConsoleClient.attach(folder.consoleSocketPath, replay: replay, writer: !readOnly) } catch {
             throw RuntimeFailure("'\(folder.name)' console: \(error.description)")

@@ -150,8 +150,8 @@ struct Wait: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Wait until a kept VM is running, has stopped, or its console printed something.",
         discussion: """
-            --for console=REGEX searches the console from its history on (so text printed before \
-            the wait counts), as an extended regular expression on the text.
+            --for console=REGEX searches what the console printed since the VM was started (so text \
+            printed before the wait counts), with an ICU regular expression (NSRegularExpression).
 
             Exit status: 0 it happened; 124 --timeout passed first; 1 the VM stopped before its \
             console matched (or no such VM); 2 bad input.
@@ -206,11 +206,11 @@ struct Wait: ParsableCommand {
     static func waitForConsole(_ folder: VMFolder, _ expression: NSRegularExpression, deadline: Date) throws {
         while true {
             if !folder.status().isRunning {
-                if matches(expression, CappedLog.contents(folder.consoleLogPath)) { return }
+                if matches(expression, KeptAttach.lastRun(CappedLog.contents(folder.consoleLogPath), name: folder.name)) { return }
                 printError("\(folder.name) is not running and its console log has no match")
                 throw ExitCode(1)
             }
-            guard let fd = try? ConsoleClient.attach(folder.consoleSocketPath, replay: nil, writer: false) else {
+            guard let fd = try? ConsoleClient.attach(folder.consoleSocketPath, replay: .run, writer: false) else {
                 if Date() >= deadline { throw timedOut("the console") }
                 usleep(100_000)  // starting: the socket comes soon
                 continue
@@ -233,7 +233,7 @@ struct Wait: ParsableCommand {
             }
             // The stream ended: the VM stopped; the log decides.
             _ = Kept.waitUntilStopped(folder, seconds: 10)
-            if matches(expression, CappedLog.contents(folder.consoleLogPath)) { return }
+            if matches(expression, KeptAttach.lastRun(CappedLog.contents(folder.consoleLogPath), name: folder.name)) { return }
             printError("\(folder.name) stopped before its console matched")
             throw ExitCode(1)
         }

@@ -57,8 +57,8 @@ struct Run: ParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "A disk image file for the guest, as virtio-blk: /dev/vda, then /dev/vdb, … (repeatable). Add ,readonly to keep the file unchanged.",
-            valueName: "file[,readonly]"))
+            "A disk image file for the guest, as virtio-blk: /dev/vda, then /dev/vdb, … (repeatable). Add ,readonly to keep the file unchanged; ,shareable lets other kept VMs open it too (they are refused otherwise).",
+            valueName: "file[,readonly][,shareable]"))
     var disk: [String] = []
 
     @Option(
@@ -214,7 +214,7 @@ struct Run: ParsableCommand {
         do {
             configuration.disks = try disk.map { argument throws(VMMError) in
                 let parsed = try DiskConfiguration(argument: argument)
-                return DiskConfig(path: absolutePath(parsed.path), readOnly: parsed.readOnly)
+                return DiskConfig(path: absolutePath(parsed.path), readOnly: parsed.readOnly, shareable: parsed.shareable)
             }
         } catch {
             throw UsageError(error.description)
