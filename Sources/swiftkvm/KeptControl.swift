@@ -169,6 +169,9 @@ struct Wait: ParsableCommand {
     func run() throws {
         guard timeout > 0, timeout < 1e9 else { throw UsageError("--timeout must be a positive number of seconds") }
         let deadline = Date().addingTimeInterval(timeout)
+        guard ["running", "stopped"].contains(condition) || condition.hasPrefix("console=") else {
+            throw UsageError("--for must be running, stopped or console=REGEX, not '\(condition)'")
+        }
         let folder = try Kept.folder(name)
         switch condition {
         case "running":

@@ -86,6 +86,10 @@ enum Kept {
         posix_spawn_file_actions_adddup2(&actions, log, 1)
         posix_spawn_file_actions_adddup2(&actions, log, 2)
         posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 3)
+        // Nothing else this process has open goes along: a caller's pipe held open by the VMM
+        // would never see its end (a script reading `swiftkvm start`'s output would hang).
+        // (posix_spawn_file_actions_addclosefrom_np is not in Swift's Glibc module.)
+        markInheritedDescriptorsCloseOnExec()
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -108,6 +112,16 @@ enum Kept {
             throw RuntimeFailure("cannot start the VMM (\(command[0])): \(String(cString: strerror(result)))")
         }
         return (pid, pipeEnds[0])
+    }
+
+    /// Sets FD_CLOEXEC on every descriptor above standard error that this process has open.
+    static func markInheritedDescriptorsCloseOnExec() {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
+        for entry in entries {
+            guard let fd = Int32(entry), fd > 2 else { continue }
+            let flags = fcntl(fd, F_GETFD)
+            if flags >= 0, flags & FD_CLOEXEC == 0 { _ = fcntl(fd, F_SETFD, flags | FD_CLOEXEC) }
+        }
     }
 
     /// A line from `fd` within `seconds`; nil at EOF or when the time passed (`timedOut` says which).

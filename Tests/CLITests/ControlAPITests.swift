@@ -13,9 +13,10 @@ struct ControlAPICommandTests {
         private let collected = NSLock()
         private var stdoutBytes = Data()
 
-        init(_ arguments: [String]) throws {
+        init(_ arguments: [String], environment: [String: String]? = nil) throws {
             process.executableURL = URL(fileURLWithPath: SwiftKVMProcess.executable)
             process.arguments = arguments
+            if let environment { process.environment = environment }
             process.standardOutput = output
             process.standardError = errors
             process.standardInput = FileHandle.nullDevice
