@@ -114,6 +114,7 @@ struct Start: ParsableCommand {
     func run() throws {
         if let timeLimit, !(timeLimit > 0 && timeLimit < 1e9) { throw UsageError("--time-limit must be a positive number of seconds") }
         guard timeout > 0, timeout < 1e9 else { throw UsageError("--timeout must be a positive number of seconds") }
+        Kept.defaultSignals()
         let folder = try Kept.folder(name)
         try Self.start(folder, paused: paused, timeLimit: timeLimit, timeout: timeout, announce: !attach)
         if attach { try KeptAttach.attachUntilEnd(folder) }
@@ -205,6 +206,7 @@ extension KeptAttach {
 /// with its console on this terminal (a detached VMM underneath, so Ctrl-A d leaves it running).
 enum KeptRun {
     static func run(_ options: Run, name: String) throws {
+        Kept.defaultSignals()
         if let problem = VMName.problem(with: name) { throw UsageError(problem) }
         let defines = options.kernel != nil || options.firmware != nil || options.config != nil
         let store = Kept.store
@@ -381,6 +383,7 @@ struct Console: ParsableCommand {
     var readOnly = false
 
     func run() throws {
+        Kept.defaultSignals()
         let amount = try Self.parseReplay(replay)
         let (folder, _) = try Kept.running(name)
         let end = try KeptConsole.attach(folder, replay: amount, readOnly: readOnly)
@@ -429,6 +432,7 @@ struct Logs: ParsableCommand {
     var follow = false
 
     func run() throws {
+        Kept.defaultSignals()
         let folder = try Kept.folder(name)
         FileHandle.standardOutput.write(Data(VMStore.read(folder.consoleLogPath + ".1", limit: 64 << 20) ?? []))
         var follower = LogFollower(path: folder.consoleLogPath)
@@ -456,6 +460,7 @@ struct Events: ParsableCommand {
     var json = false
 
     func run() throws {
+        Kept.defaultSignals()
         let folder = try Kept.folder(name)
         _ = folder.status()
         let show = { (bytes: [UInt8]) in

@@ -168,6 +168,7 @@ struct Wait: ParsableCommand {
 
     func run() throws {
         guard timeout > 0, timeout < 1e9 else { throw UsageError("--timeout must be a positive number of seconds") }
+        Kept.defaultSignals()
         let deadline = Date().addingTimeInterval(timeout)
         guard ["running", "stopped"].contains(condition) || condition.hasPrefix("console=") else {
             throw UsageError("--for must be running, stopped or console=REGEX, not '\(condition)'")

@@ -114,6 +114,19 @@ enum Kept {
         return (pid, pipeEnds[0])
     }
 
+    /// SIGINT, SIGTERM and SIGHUP unblocked and at their default action, for the commands that run
+    /// until interrupted (`--follow`, `console`, `wait`): a parent that started this process with
+    /// them blocked (a test runner's thread) must still be able to end it.
+    static func defaultSignals() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in [SIGINT, SIGTERM, SIGHUP] {
+            sigaddset(&set, signal)
+            Glibc.signal(signal, SIG_DFL)
+        }
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    }
+
     /// Sets FD_CLOEXEC on every descriptor above standard error that this process has open.
     static func markInheritedDescriptorsCloseOnExec() {
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }

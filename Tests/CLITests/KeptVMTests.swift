@@ -63,8 +63,15 @@ final class KeptHome: @unchecked Sendable {
     }
 
     /// `swiftkvm arguments` in the background (a console reader), its output collected.
-    func background(_ arguments: [String]) throws -> ControlAPICommandTests.Background {
-        try ControlAPICommandTests.Background(arguments, environment: environment)
+    func background(_ arguments: [String], withInput: Bool = false) throws -> ControlAPICommandTests.Background {
+        try ControlAPICommandTests.Background(arguments, environment: environment, withInput: withInput)
+    }
+
+    /// `swiftkvm arguments` on a pseudo-terminal (util-linux `script`), standard input a pipe into it.
+    func onTerminal(_ arguments: [String]) throws -> ControlAPICommandTests.Background {
+        let command = ([SwiftKVMProcess.executable] + arguments).map { "'\($0)'" }.joined(separator: " ")
+        return try ControlAPICommandTests.Background(
+            ["-qfec", command, "/dev/null"], environment: environment, executable: "/usr/bin/script", withInput: true)
     }
 
     static func array(_ text: String) -> [[String: Any]]? {
@@ -351,6 +358,39 @@ struct KeptVMTests {
         #expect(try home.run(["wait", "deep", "--for", "console=\\n5\\n", "--timeout", "60"]).status == 0)
         #expect(try home.info("deep")["vmm_state"] as? String == "Running")
         #expect(try home.run(["stop", "deep", "--mode", "force"]).status == 0)
+    }
+
+    /// On a terminal, Ctrl-A d detaches a console and the VM runs on; `logs --follow` and
+    /// `events --follow` print as things happen; `reboot` boots it again in the same VMM.
+    @Test func detachFollowAndReboot() throws {
+        let home = try KeptHome()
+        #expect(try home.run(["create", "d"] + Self.counter).status == 0)
+        #expect(try home.run(["start", "d"]).status == 0)
+        let events = try home.background(["events", "d", "--follow"])
+        let logs = try home.background(["logs", "d", "--follow"])
+        let terminal = try home.onTerminal(["console", "d", "--replay", "20"])
+        #expect(Self.waitFor { terminal.stdout.contains("\r\n") }, "the console on a terminal prints")
+        terminal.input.fileHandleForWriting.write(Data([0x01, UInt8(ascii: "d")]))
+        let detached = terminal.finish(within: 30)
+        #expect(detached.status == 0, "\(detached.stderr)")
+        #expect(terminal.stdout.contains("Ctrl-A d detaches"), "\(terminal.stdout.prefix(200))")
+        #expect(try home.info("d")["state"] as? String == "running", "detaching leaves the VM running")
+
+        #expect(try home.run(["pause", "d"]).status == 0)
+        #expect(try home.run(["resume", "d"]).status == 0)
+        let reboot = try home.run(["reboot", "d"])
+        #expect(reboot.status == 0, "\(reboot.stderr)")
+        #expect(Self.waitFor { (try? home.info("d")["boot_count"] as? Int) == 2 })
+        #expect(Self.waitFor { events.stdout.contains("booted") && events.stdout.contains("boot 2") }, "\(events.stdout)")
+        let order = events.stdout.split(separator: "\n").compactMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first }
+        #expect(order == ["created", "starting", "started", "paused", "resumed", "reset", "booted"], "\(events.stdout)")
+        #expect(Self.waitFor { logs.stdout.contains("[swiftkvm] d: boot 2 at ") }, "logs --follow sees the second boot")
+        #expect(Self.waitFor { logs.stdout.hasPrefix("[swiftkvm] d: boot 1 at ") })
+        #expect(try home.run(["stop", "d", "--mode", "force"]).status == 0)
+        for follower in [events, logs] {
+            follower.process.terminate()
+            _ = follower.finish(within: 30)
+        }
     }
 
     @Test func badInputIsOneLineAndStatusTwo() throws {
