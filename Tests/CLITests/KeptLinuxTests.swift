@@ -28,7 +28,7 @@ enum KeptLinuxAssets {
         #expect(started.status == 0, "\(started.stderr)")
         let ready = try home.run(["wait", "lnx", "--for", "console=SWIFTKVM-INIT-READY", "--timeout", "900"], seconds: 960)
         #expect(ready.status == 0, "\(ready.stderr) \(home.consoleLog("lnx").suffix(2000))")
-        #expect(try home.run(["wait", "lnx", "--for", "console=# $", "--timeout", "300"], seconds: 360).status == 0)
+        #expect(try home.run(["wait", "lnx", "--for", "console=/ # ", "--timeout", "300"], seconds: 360).status == 0)
 
         // A watcher with the whole history, and the writer typing a command.
         let watcher = try home.background(["console", "lnx", "--replay", "all", "--read-only"])
