@@ -183,6 +183,8 @@ struct KeptVMM {
     let ready: ReadyChannel
 
     func run() throws {
+        // A `start` that went away must not kill the VMM when it says it is ready (EPIPE instead).
+        Glibc.signal(SIGPIPE, SIG_IGN)
         let store = VMStore.fromEnvironment()
         let folder: VMFolder
         do {
@@ -235,7 +237,6 @@ struct KeptVMM {
         }
         defer { withExtendedLifetime(disks) {} }
 
-        Glibc.signal(SIGPIPE, SIG_IGN)
         let instance: VMInstance
         let hub: ConsoleHub
         let stopper: SignalStopper
