@@ -37,6 +37,9 @@ let package = Package(
         // The control API: an HTTP/1.1 server on a Unix socket and the VMController protocol the VMM
         // implements. Foundation (JSON) and VMConfig only: no VMM, no KVM.
         .target(name: "ControlAPI", dependencies: ["VMConfig"]),
+        // Kept VMs: the folder per VM, its lock, state and event files, the size-capped console log
+        // and the console socket's fan-out. Foundation and VMConfig only: no VMM, no KVM.
+        .target(name: "VMStore", dependencies: ["VMConfig"]),
         .target(name: "ControlAPIMock", dependencies: ["ControlAPI", "VMConfig"]),
         .executableTarget(name: "api-mock-server", dependencies: ["ControlAPI", "ControlAPIMock"]),
         // libvirt domain XML in and out of a VMConfiguration, parsed by Debian's libxml2.
@@ -64,7 +67,7 @@ let package = Package(
         .target(name: "Sandbox", dependencies: ["CSeccomp", "CSandbox"]),
         .executableTarget(
             name: "swiftkvm",
-            dependencies: ["VMM", "VMConfig", "ControlAPI", "LibvirtXML", "Sandbox", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["VMM", "VMConfig", "ControlAPI", "VMStore", "LibvirtXML", "Sandbox", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "swiftkvm-bench", dependencies: ["VMM"]),
         // Helpers several test targets share (not a test target itself).
@@ -72,6 +75,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
         .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestSupport"]),
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"]),
+        .testTarget(name: "VMStoreTests", dependencies: ["VMStore", "VMConfig"]),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "ControlAPIMock", "VMConfig"]),
         .testTarget(name: "LibvirtXMLTests", dependencies: ["LibvirtXML", "VMConfig"], exclude: ["Fixtures"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),

@@ -15,6 +15,9 @@
  * clears it and powers off as above. Prints `POWER waiting for the power button`, then
  * `POWER sci N` and `POWER button pressed` once it came.
  *
+ * `action=ignore`: a guest that never listens: prints `POWER ignoring the power button` and halts
+ * for ever with interrupts off (the kept-VM tests: `swiftkvm stop` must force it after its timeout).
+ *
  * Prints one `POWER …` line per step on COM1. If the machine is still running afterwards it
  * prints `POWER still running` and returns (bzimage-start.S then resets through the i8042).
  * Ring 0, long mode, short loops: every instruction is emulated on KVM-PVM.
@@ -146,6 +149,11 @@ int guest_main(const unsigned char *boot_params)
     uint64_t pointer = *(const uint32_t *)(boot_params + 0x228) | (uint64_t)*(const uint32_t *)(boot_params + 0x0C8) << 32;
     const char *command_line = pointer ? (const char *)(uintptr_t)pointer : "";
 
+    if (option_is(command_line, "action=ignore")) {
+        puts("POWER ignoring the power button\n");
+        for (;;)
+            __asm__ volatile("cli; hlt");
+    }
     if (option_is(command_line, "action=panic")) {
         puts("POWER panic: writing PANICKED to the pvpanic port 0x505\n");
         outb(0x505, 1);

@@ -29,6 +29,8 @@ public struct SeccompPolicy: Sendable {
     /// <linux/sched.h> and <linux/prctl.h>, which Glibc does not export to Swift.
     static let cloneThread: UInt64 = 0x0001_0000
     static let prSetName: UInt64 = 15
+    /// PR_GET_NAME: libdispatch reads a thread's name when it starts a worker for a queue.
+    static let prGetName: UInt64 = 16
 
     /// System calls allowed with any arguments (names as in <asm/unistd_64.h>; a name this kernel
     /// or libseccomp does not know is skipped).
@@ -110,7 +112,7 @@ public struct SeccompPolicy: Sendable {
         "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
         "close", "fstat", "newfstatat", "statx", "lseek", "flock", "fsync", "fdatasync", "fcntl",
         // The control API on its Unix socket (accepting, not creating sockets) and removing it at exit.
-        "accept", "accept4", "recvfrom", "sendto", "recvmsg", "sendmsg", "shutdown", "unlink", "unlinkat",
+        "accept", "accept4", "setsockopt", "getsockopt", "getsockname", "getpeername", "recvfrom", "sendto", "recvmsg", "sendmsg", "shutdown", "unlink", "unlinkat",
         // Event loops and waiting.
         "poll", "ppoll", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "eventfd2",
         "timerfd_create", "timerfd_settime", "timerfd_gettime", "signalfd4",
@@ -158,7 +160,9 @@ public struct SeccompPolicy: Sendable {
         // clone3 passes its flags in memory, where a filter cannot look: make it fail with ENOSYS,
         // and glibc's pthread_create falls back to clone (SCMP_ACT_ERRNO is 0x00050000 | errno).
         try allow("clone3", action: 0x0005_0000 | UInt32(ENOSYS))
-        try allow("prctl", [scmp_arg_cmp(arg: 0, op: SCMP_CMP_EQ, datum_a: Self.prSetName, datum_b: 0)])
+        for option in [Self.prSetName, Self.prGetName] {
+            try allow("prctl", [scmp_arg_cmp(arg: 0, op: SCMP_CMP_EQ, datum_a: option, datum_b: 0)])
+        }
         // Opening files fails with EACCES rather than ending the VMM: glibc's malloc opens
         // /proc/sys/vm/overcommit_memory the first time a thread's arena shrinks its heap
         // (check_may_shrink_heap), which can come at any time, and takes a failed open as "no".

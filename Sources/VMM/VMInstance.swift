@@ -79,6 +79,8 @@ public final class VMInstance: @unchecked Sendable {
     private let state = Mutex(State())
     /// Run once, right before the first boot's vCPUs start (see `beforeFirstBoot`).
     private let firstBootHook = Mutex<(@Sendable () -> Void)?>(nil)
+    /// Run at each boot (see `onEachBoot`).
+    private let bootHook = Mutex<(@Sendable (Int) -> Void)?>(nil)
 
     /// `console` receives every byte the guest writes to COM1, from a vCPU thread: it must not block.
     /// `events` is an event loop to share (the CLI watches its signals on it); `run` starts it.
@@ -341,8 +343,15 @@ public final class VMInstance: @unchecked Sendable {
         firstBootHook.withLock { $0 = body }
     }
 
+    /// Runs `body` with the boot's number (1, 2, …) each time a boot's machine is built, right
+    /// before its vCPUs start (on the thread that runs the VM): where a kept VM marks its console log.
+    public func onEachBoot(_ body: @escaping @Sendable (Int) -> Void) {
+        bootHook.withLock { $0 = body }
+    }
+
     private func publish(machine: Machine, linux: LinuxGuest?, boot: Int) {
         if boot == 1, let hook = firstBootHook.withLock({ hook in defer { hook = nil }; return hook }) { hook() }
+        if let hook = bootHook.withLock({ $0 }) { hook(boot) }
         let pending = state.withLock { current -> GuestOutcome? in
             current.machine = machine
             current.linux = linux

@@ -9,25 +9,30 @@ import Virtio
 public struct DiskConfiguration: Equatable, Sendable {
     public var path: String
     public var readOnly: Bool
+    /// Not locked against other kept VMs (`swiftkvm start` locks the others: see VMStore's DiskLocks).
+    public var shareable: Bool
 
-    public init(path: String, readOnly: Bool = false) {
+    public init(path: String, readOnly: Bool = false, shareable: Bool = false) {
         self.path = path
         self.readOnly = readOnly
+        self.shareable = shareable
     }
 
-    /// Parses `PATH`, `PATH,readonly` or `PATH,ro`.
+    /// Parses `PATH`, then options after commas: `readonly` (or `ro`) and `shareable`.
     public init(argument: String) throws(VMMError) {
         var parts = argument.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         let path = parts.removeFirst()
         guard !path.isEmpty else { throw .configuration("--disk needs a file: --disk PATH[,readonly]") }
         var readOnly = false
+        var shareable = false
         for option in parts {
             switch option {
             case "readonly", "ro": readOnly = true
-            default: throw .configuration("--disk \(argument): unknown option '\(option)' (the only one is readonly)")
+            case "shareable": shareable = true
+            default: throw .configuration("--disk \(argument): unknown option '\(option)' (the options are readonly and shareable)")
             }
         }
-        self.init(path: path, readOnly: readOnly)
+        self.init(path: path, readOnly: readOnly, shareable: shareable)
     }
 }
 

@@ -15,7 +15,12 @@ struct SwiftKVM: ParsableCommand {
             Boots a Linux bzImage with its serial console on your terminal, or runs a flat firmware \
             binary in real, protected, long or user mode. See 'swiftkvm run --help'.
             """,
-        subcommands: [Run.self, Serve.self, Import.self, Export.self, SnapshotCommand.self, RestoreCommand.self])
+        subcommands: [
+            Run.self, Serve.self, Import.self, Export.self, SnapshotCommand.self, RestoreCommand.self,
+            // VMs you keep (Kept*.swift): a folder per VM, one `swiftkvm vmm` process per running VM.
+            Create.self, Remove.self, Start.self, List.self, Info.self, Console.self, Logs.self, Events.self, Stop.self, Kill.self,
+            Reboot.self, Pause.self, Resume.self, Wait.self, Autostart.self, KeptVMMCommand.self,
+        ])
 }
 
 struct Run: ParsableCommand {
@@ -52,8 +57,8 @@ struct Run: ParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "A disk image file for the guest, as virtio-blk: /dev/vda, then /dev/vdb, … (repeatable). Add ,readonly to keep the file unchanged.",
-            valueName: "file[,readonly]"))
+            "A disk image file for the guest, as virtio-blk: /dev/vda, then /dev/vdb, … (repeatable). Add ,readonly to keep the file unchanged; ,shareable lets other kept VMs open it too (they are refused otherwise).",
+            valueName: "file[,readonly][,shareable]"))
     var disk: [String] = []
 
     @Option(
@@ -119,6 +124,13 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds (default: no limit).", valueName: "seconds"))
     var timeLimit: Double?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Keep the VM under this name: define it from the options (unless they are left out: then run its definition) and run it detached, with this terminal attached to its console (Ctrl-A d detaches; see 'swiftkvm create').",
+            valueName: "name"))
+    var name: String?
+
     @Flag(name: .long, help: "Print every exit, one line each (vCPU, reason, port or address, size, data, device), on standard error.")
     var trace = false
 
@@ -132,6 +144,7 @@ struct Run: ParsableCommand {
     var seccomp: String = "on"
 
     func run() throws {
+        if let name, !printConfig { return try KeptRun.run(self, name: name) }
         guard seccomp == "on" || seccomp == "off" else { throw UsageError("--seccomp must be on or off, not '\(seccomp)'") }
         let configuration = try config.map(Self.loadConfiguration) ?? configurationFromOptions()
         if config != nil { try checkNoVMOptions() }
@@ -201,7 +214,7 @@ struct Run: ParsableCommand {
         do {
             configuration.disks = try disk.map { argument throws(VMMError) in
                 let parsed = try DiskConfiguration(argument: argument)
-                return DiskConfig(path: absolutePath(parsed.path), readOnly: parsed.readOnly)
+                return DiskConfig(path: absolutePath(parsed.path), readOnly: parsed.readOnly, shareable: parsed.shareable)
             }
         } catch {
             throw UsageError(error.description)

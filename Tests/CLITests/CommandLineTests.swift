@@ -108,7 +108,7 @@ import Testing
             (["--disk", "/nonexistent/disk.img"], "swiftkvm: disk /nonexistent/disk.img: No such file or directory (give the path of a disk image file)"),
             (["--disk", "/tmp"], "swiftkvm: disk /tmp: is a directory, not a disk image file"),
             (["--disk", "/dev/null"], "swiftkvm: disk /dev/null: is not a regular file (disk images must be files)"),
-            (["--disk", "\(image.path),writeback"], "swiftkvm: --disk \(image.path),writeback: unknown option 'writeback' (the only one is readonly)"),
+            (["--disk", "\(image.path),writeback"], "swiftkvm: --disk \(image.path),writeback: unknown option 'writeback' (the options are readonly and shareable)"),
             (["--disk", ",readonly"], "swiftkvm: --disk needs a file: --disk PATH[,readonly]"),
             (Array(repeating: ["--disk", image.path], count: 9).flatMap { $0 }, "swiftkvm: at most 8 disks are supported, not 9"),
         ] {

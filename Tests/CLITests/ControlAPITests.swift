@@ -13,12 +13,16 @@ struct ControlAPICommandTests {
         private let collected = NSLock()
         private var stdoutBytes = Data()
 
-        init(_ arguments: [String]) throws {
-            process.executableURL = URL(fileURLWithPath: SwiftKVMProcess.executable)
+        /// Standard input, when `withInput` asked for one (else /dev/null).
+        let input = Pipe()
+
+        init(_ arguments: [String], environment: [String: String]? = nil, executable: String = SwiftKVMProcess.executable, withInput: Bool = false) throws {
+            process.executableURL = URL(fileURLWithPath: executable)
             process.arguments = arguments
+            if let environment { process.environment = environment }
             process.standardOutput = output
             process.standardError = errors
-            process.standardInput = FileHandle.nullDevice
+            process.standardInput = withInput ? input : FileHandle.nullDevice
             output.fileHandleForReading.readabilityHandler = { [weak self] handle in
                 let data = handle.availableData
                 guard let self, !data.isEmpty else { return }
