@@ -84,7 +84,10 @@ struct SnapshotTests {
         Self.checkContinues(before, first)
         Self.checkContinues(before, second)
         // MAP_PRIVATE: the first guest's writes never reached the file the second one mapped.
-        #expect(second.hasPrefix(first.split(separator: "\n").dropLast().joined(separator: "\n")))
+        // (Compared up to the first guest's last newline: its output may start with one, when the
+        // snapshot fell between a number's digits and its newline.)
+        let complete = first[..<(first.lastIndex(of: "\n") ?? first.startIndex)]
+        #expect(second.hasPrefix(complete), "first: \(first.prefix(80)) second: \(second.prefix(80))")
     }
 
     /// The pause lands while the vCPU is handling an OUT exit (asked from inside the console
