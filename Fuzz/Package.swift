@@ -20,6 +20,7 @@ let harnesses: [(name: String, products: [String])] = [
     ("cli-values", ["VMM"]),
     ("http-request", ["ControlAPI"]),
     ("vm-config", ["VMConfig"]),
+    ("snapshot-state", ["VMM", "VMMCore", "Devices"]),
 ]
 
 // A path dependency's identity is its folder's name (the clone may be called anything).

@@ -2,7 +2,11 @@
 """Writes the seed corpora in Fuzz/corpus/ (run once; the files are kept in the repository).
 
 Each seed is a well-formed input for its harness (see the layout each harness reads), so the
-fuzzer starts from inputs that reach deep into the code instead of being refused at once."""
+fuzzer starts from inputs that reach deep into the code instead of being refused at once.
+
+corpus/snapshot-state/ is not written here: its seeds are real state files (a firmware guest's and
+a Linux-loader guest's, with irqchip, LAPIC, devices and a virtio disk) that `swiftkvm snapshot`
+wrote, prefixed by the harness's mode byte (0 the file, 1 its payload), and device exports."""
 import os
 import struct
 

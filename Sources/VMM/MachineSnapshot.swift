@@ -366,6 +366,13 @@ extension Machine {
     ///
     /// The VM state comes first (PIC, IOAPIC, PIT, clock), then each vCPU with the MP state first
     /// (see `VCPU.saveState`).
+    ///
+    /// The vCPUs' state is read on the caller's thread, not on each vCPU's own: a parked vCPU
+    /// thread is waiting on a condition variable outside KVM_RUN and will not touch its vCPU
+    /// until the resume, and KVM serialises every ioctl on a vCPU (vcpu->mutex), so the reads
+    /// cannot race it; asking each thread in turn would only add a round trip per vCPU. (A
+    /// restore sets the state on the building thread before the vCPU threads exist, as booting
+    /// sets the entry registers.)
     public func captureKernelState() throws(SnapshotError) -> (vm: VMKernelState, vcpus: [VCPUState]) {
         guard state == .paused else { throw .notApplicable("the VM is \(state.description), it must be paused to snapshot") }
         do {

@@ -96,6 +96,8 @@ public struct UnitGuest: Sendable {
     ///   - reused: the RAM of an earlier run of this guest, kept across a reset (the program is
     ///     copied in again; the rest stays as the guest left it). Its size must be `memorySize`.
     ///   - paused: start with the vCPUs parked, until `Machine.resume()`.
+    ///   - snapshot: restore this snapshot instead of booting (`reused` is then its mapped memory
+    ///     file): the program is not copied and `prepare` is not called; the vCPUs get the saved state.
     public func run(
         system: KVMSystem? = nil,
         memory reused: GuestMemory? = nil,

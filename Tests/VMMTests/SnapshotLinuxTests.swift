@@ -46,13 +46,15 @@ struct SnapshotLinuxTests {
         return lines.reversed().lazy.compactMap { line in line.split(separator: " ").first.flatMap { Double($0) } }.first
     }
 
-    @Test func aLinuxGuestSnapshottedAtItsShellAnswersAfterTheRestore() throws {
+    /// With KVM's PIT and with the emulated one.
+    @Test(arguments: [PITModel.kvm, .emulated])
+    func aLinuxGuestSnapshottedAtItsShellAnswersAfterTheRestore(pit: PITModel) throws {
         let assets = try GuestAssets.testKernel()
         let directory = try SnapshotTests.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let configuration = VMConfiguration(
             boot: .linux(LinuxBootSource(kernel: assets.kernel, initrd: assets.initrd, commandLine: "console=ttyS0 reboot=k panic=-1")),
-            memoryBytes: 256 << 20)
+            memoryBytes: 256 << 20, pit: pit)
 
         let first = Console()
         let booted = try VMInstance(configuration, policy: RunPolicy(timeLimit: .seconds(1500))) { first.output.append($0) }
@@ -72,7 +74,8 @@ struct SnapshotLinuxTests {
             instance.stop()
         }
         let snapshot = try MachineSnapshot(contentsOf: "\(directory)/state")
-        #expect(snapshot.vm.irqchips.count == 3 && snapshot.vm.pit != nil)
+        #expect(snapshot.vm.irqchips.count == 3 && (snapshot.vm.pit != nil) == (pit == .kvm))
+        #expect(snapshot.devices.contains { $0.name == "PIT" } == (pit == .emulated))
 
         let second = Console()
         let restored = try VMInstance(
