@@ -112,7 +112,7 @@ struct Start: ParsableCommand {
     var timeout: Double = 300
 
     func run() throws {
-        if let timeLimit, !(timeLimit > 0 && timeLimit < 1e9) { throw UsageError("--time-limit must be a positive number of seconds") }
+        _ = try SharedOptions.timeLimit(timeLimit)
         guard timeout > 0, timeout < 1e9 else { throw UsageError("--timeout must be a positive number of seconds") }
         Kept.defaultSignals()
         let folder = try Kept.folder(name)

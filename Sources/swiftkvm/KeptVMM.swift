@@ -42,13 +42,9 @@ struct KeptVMMCommand: ParsableCommand {
     var readyFD: Int32?
 
     func run() throws {
-        var limit: Duration?
-        if let timeLimit {
-            guard timeLimit > 0, timeLimit < 1e9 else { throw UsageError("--time-limit must be a positive number of seconds") }
-            limit = .milliseconds(Int64(timeLimit * 1000))
-        }
-        guard seccomp == "on" || seccomp == "off" else { throw UsageError("--seccomp must be on or off, not '\(seccomp)'") }
-        try KeptVMM(name: name, paused: paused, timeLimit: limit, ready: ReadyChannel(descriptor: readyFD), seccomp: seccomp == "on").run()
+        let limit = try SharedOptions.timeLimit(timeLimit)
+        let filter = try SharedOptions.seccomp(seccomp)
+        try KeptVMM(name: name, paused: paused, timeLimit: limit, ready: ReadyChannel(descriptor: readyFD), seccomp: filter).run()
     }
 }
 

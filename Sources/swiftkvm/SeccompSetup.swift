@@ -94,3 +94,19 @@ enum SeccompSetup {
         }
     }
 }
+
+/// Option values several commands share, checked once: a bad one is a usage error (status 2).
+enum SharedOptions {
+    /// `--seccomp on|off`: whether the filter goes on.
+    static func seccomp(_ value: String) throws -> Bool {
+        guard value == "on" || value == "off" else { throw UsageError("--seccomp must be on or off, not '\(value)'") }
+        return value == "on"
+    }
+
+    /// `--time-limit SECONDS` as a duration (nil: no limit).
+    static func timeLimit(_ seconds: Double?) throws -> Duration? {
+        guard let seconds else { return nil }
+        guard seconds > 0, seconds < 1e9 else { throw UsageError("--time-limit must be a positive number of seconds") }
+        return .milliseconds(Int64(seconds * 1000))
+    }
+}

@@ -40,12 +40,8 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         Glibc.signal(SIGPIPE, SIG_IGN)
-        guard seccomp == "on" || seccomp == "off" else { throw UsageError("--seccomp must be on or off, not '\(seccomp)'") }
-        var limit: Duration?
-        if let timeLimit {
-            guard timeLimit > 0, timeLimit < 1e9 else { throw UsageError("--time-limit must be a positive number of seconds") }
-            limit = .milliseconds(Int64(timeLimit * 1000))
-        }
+        _ = try SharedOptions.seccomp(seccomp)
+        let limit = try SharedOptions.timeLimit(timeLimit)
         let output: ConsoleOutputBuffer
         let events: EventLoop
         let stopper: SignalStopper

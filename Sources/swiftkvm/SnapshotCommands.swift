@@ -84,17 +84,13 @@ struct RestoreCommand: ParsableCommand {
     @Flag(name: .long, help: "At the end, print exits by reason and by device and time per vCPU on standard error.")
     var stats = false
 
-    @Option(name: .long, help: ArgumentHelp("The seccomp filter, as for 'swiftkvm run': on (the default) once the restored machine is built, unless --api-socket is given or the VM can be rebuilt.", valueName: "on|off"))
+    @Option(name: .long, help: ArgumentHelp("The seccomp filter, as for 'swiftkvm run': on (the default) once the restored machine is built (with --api-socket, the VMM's own threads may also write snapshot files; its vCPU and device threads get the strict list), or off, for debugging.", valueName: "on|off"))
     var seccomp: String = "on"
 
     func run() throws {
         Glibc.signal(SIGPIPE, SIG_IGN)
-        guard seccomp == "on" || seccomp == "off" else { throw UsageError("--seccomp must be on or off, not '\(seccomp)'") }
-        var limit: Duration?
-        if let timeLimit {
-            guard timeLimit > 0, timeLimit < 1e9 else { throw UsageError("--time-limit must be a positive number of seconds") }
-            limit = .milliseconds(Int64(timeLimit * 1000))
-        }
+        _ = try SharedOptions.seccomp(seccomp)
+        let limit = try SharedOptions.timeLimit(timeLimit)
         let folder = absolutePath(directory)
         let snapshot: MachineSnapshot
         let configuration: VMConfiguration

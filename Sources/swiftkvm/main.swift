@@ -145,7 +145,7 @@ struct Run: ParsableCommand {
 
     func run() throws {
         if let name, !printConfig { return try KeptRun.run(self, name: name) }
-        guard seccomp == "on" || seccomp == "off" else { throw UsageError("--seccomp must be on or off, not '\(seccomp)'") }
+        _ = try SharedOptions.seccomp(seccomp)
         let configuration = try config.map(Self.loadConfiguration) ?? configurationFromOptions()
         if config != nil { try checkNoVMOptions() }
         if printConfig {
@@ -275,9 +275,7 @@ struct Run: ParsableCommand {
     }
 
     func parsedTimeLimit() throws -> Duration? {
-        guard let timeLimit else { return nil }
-        guard timeLimit > 0, timeLimit < 1e9 else { throw UsageError("--time-limit must be a positive number of seconds") }
-        return .milliseconds(Int64(timeLimit * 1000))
+        try SharedOptions.timeLimit(timeLimit)
     }
 
     /// Runs the VM until it ends for good (reboots that its configuration restarts included), with
