@@ -4,23 +4,27 @@ import Glibc
 import LibvirtXML
 import VMConfig
 import VMM
+import VMStore
 
 /// `swiftkvm import FILE.xml`: a libvirt domain description as a SwiftKVM VM configuration.
 struct Import: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import",
-        abstract: "Read a libvirt domain XML file (virsh dumpxml, virt-install --print-xml) as a VM configuration.",
+        abstract: "Keep a VM described by a libvirt domain XML file (virsh dumpxml, virt-install --print-xml).",
         discussion: """
             Every element that matters is taken, warned about and ignored, or refused with what to do \
-            instead. --dry-run prints one line per decision (with its XPath), then the configuration as \
-            JSON. Kept VMs (swiftkvm create) do not exist yet: write the configuration to a file with \
-            --output and run it from there.
+            instead. The VM is kept under the domain's name (or --name), as 'swiftkvm create' keeps \
+            one: 'swiftkvm start NAME' runs it. --dry-run prints one line per decision (with its \
+            XPath), then the configuration as JSON, and keeps nothing; --output writes the \
+            configuration to a file instead of keeping it.
 
-            Exit status: 0 when imported; 2 when the file cannot be read or something in it is refused.
+            Exit status: 0 when imported; 1 when the name is taken; 2 when the file cannot be read or \
+            something in it is refused.
 
             Examples:
               virsh dumpxml web1 > web1.xml && swiftkvm import web1.xml --dry-run
-              swiftkvm import web1.xml --output web1.json --drop-unsupported
+              swiftkvm import web1.xml --drop-unsupported && swiftkvm start web1
+              swiftkvm import web1.xml --output web1.json
             """)
 
     @Argument(help: ArgumentHelp("The domain XML file.", valueName: "file.xml"))
@@ -46,10 +50,7 @@ struct Import: ParsableCommand {
             do { try VMConfiguration.validateName(name) } catch { throw UsageError("--name: \(error)") }
         }
         if json, !dryRun { throw UsageError("--json goes with --dry-run (the --output file is always JSON)") }
-        guard dryRun || output != nil else {
-            throw UsageError(
-                "keeping an imported VM needs 'swiftkvm create', which is not built yet: give --output FILE.json to write its configuration, or --dry-run to see it")
-        }
+        if dryRun, output != nil { throw UsageError("--dry-run writes nothing: give it or --output, not both") }
         // Larger files get the importer's own one-line refusal (XMLReadError.tooLarge).
         let bytes: [UInt8]
         do { bytes = try readHostFile(file, limit: 64 << 20) } catch { throw UsageError(error.description) }
@@ -68,12 +69,26 @@ struct Import: ParsableCommand {
             try printDecisions(result.decisions, configuration: result.configuration)
             return
         }
-        guard let output else { return }
+        let warned = result.decisions.filter { $0.kind == .warned }.count
+        let warnings = "\(warned) warning\(warned == 1 ? "" : "s"): see --dry-run"
+        guard let output else {
+            // A kept VM: the name must be one a VM folder can have (a domain's may not be).
+            let kept = name ?? result.configuration.name ?? ""
+            if let problem = VMName.problem(with: kept) {
+                throw UsageError("\(file): the domain's name cannot name a kept VM (\(problem)): give --name NAME")
+            }
+            var configuration = result.configuration
+            configuration.name = kept
+            do { try Kept.store.create(kept, configuration: configuration) } catch { throw Kept.cli(error) }
+            let folder = try Kept.folder(kept)
+            EventLog(path: folder.eventLogPath).append("created", "imported from \(file)")
+            print("imported \(kept) from \(file) (\(warnings)); 'swiftkvm start \(kept)' runs it")
+            return
+        }
         var data = try encodeJSON(result.configuration)
         data.append(UInt8(ascii: "\n"))
         try writeNew(output, data)
-        let warned = result.decisions.filter { $0.kind == .warned }.count
-        fputs("swiftkvm: imported \(result.configuration.name ?? "the domain") into \(output) (\(warned) warning\(warned == 1 ? "" : "s"): see --dry-run)\n", stderr)
+        fputs("swiftkvm: imported \(result.configuration.name ?? "the domain") into \(output) (\(warnings))\n", stderr)
     }
 
     static func describe(_ error: LibvirtImportError, dryRun: Bool) -> String {
@@ -106,7 +121,7 @@ struct Import: ParsableCommand {
     }
 }
 
-/// `swiftkvm export --config FILE.json --format libvirt|json|cmdline`.
+/// `swiftkvm export NAME|--config FILE.json --format libvirt|json|cmdline`.
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print a VM configuration as libvirt domain XML, as JSON, or as the equivalent 'swiftkvm run' command.",
@@ -115,11 +130,11 @@ struct Export: ParsableCommand {
             fields that swiftkvm run has no option for.
 
             Examples:
-              swiftkvm export --config web1.json --format libvirt > web1.xml && virsh define web1.xml
+              swiftkvm export web1 --format libvirt > web1.xml && virsh define web1.xml
               swiftkvm export --config web1.json --format cmdline
             """)
 
-    @Argument(help: ArgumentHelp("A kept VM's name (kept VMs are not built yet: use --config).", valueName: "name"))
+    @Argument(help: ArgumentHelp("A kept VM's name (swiftkvm list shows them).", valueName: "name"))
     var name: String?
 
     @Option(name: .long, help: ArgumentHelp("The VM configuration (JSON).", valueName: "file.json"))
@@ -130,21 +145,29 @@ struct Export: ParsableCommand {
 
     func run() throws {
         guard ["libvirt", "json", "cmdline"].contains(format) else { throw UsageError("--format must be libvirt, json or cmdline, not '\(format)'") }
-        guard let config else {
-            if let name { throw UsageError("there are no kept VMs yet ('\(name)'): give --config FILE.json") }
-            throw UsageError("nothing to export: give --config FILE.json")
+        if name != nil, config != nil { throw UsageError("give either a VM name or --config, not both") }
+        let configuration: VMConfiguration
+        let source: String
+        if let name {
+            let folder = try Kept.folder(name)
+            do { configuration = try folder.definition() } catch { throw Kept.cli(error) }
+            source = name
+        } else if let config {
+            configuration = try Run.loadConfiguration(config)
+            source = config
+        } else {
+            throw UsageError("nothing to export: give a kept VM's name or --config FILE.json")
         }
-        if name != nil { throw UsageError("give either a VM name or --config, not both") }
-        let configuration = try Run.loadConfiguration(config)
         switch format {
         case "libvirt":
-            do { print(try LibvirtExport.domainXML(for: configuration), terminator: "") } catch { throw UsageError("\(config): \(error)") }
+            do { print(try LibvirtExport.domainXML(for: configuration), terminator: "") } catch { throw UsageError("\(source): \(error)") }
         case "cmdline":
             let command = LibvirtExport.runCommand(for: configuration)
             print(command.shellLine)
             if !command.unsupported.isEmpty {
                 fputs(
-                    "swiftkvm: no 'swiftkvm run' option yet for: \(command.unsupported.joined(separator: ", ")); 'swiftkvm run --config \(config)' runs all of it\n",
+                    "swiftkvm: no 'swiftkvm run' option yet for: \(command.unsupported.joined(separator: ", ")); "
+                        + (name.map { "'swiftkvm start \($0)' runs all of it\n" } ?? "'swiftkvm run --config \(source)' runs all of it\n"),
                     stderr)
             }
         default:

@@ -48,10 +48,10 @@ import Testing
         for (arguments, message) in [
             (["import", "/nonexistent/d.xml", "--dry-run"], "/nonexistent/d.xml: No such file or directory"),
             (["import", "/etc/passwd", "--dry-run"], "not well-formed XML at line 1"),
-            (["import", Self.fixture("two-disks")], "needs 'swiftkvm create', which is not built yet"),
+            (["import", Self.fixture("two-disks"), "--dry-run", "--output", "/tmp/never.json"], "--dry-run writes nothing"),
             (["import", Self.fixture("two-disks"), "--dry-run", "--name", "Bad Name"], "--name: name 'Bad Name' is not valid"),
-            (["export"], "nothing to export: give --config FILE.json"),
-            (["export", "web1"], "there are no kept VMs yet ('web1')"),
+            (["export"], "nothing to export: give a kept VM's name or --config FILE.json"),
+            (["export", "web1", "--config", "/etc/hostname"], "give either a VM name or --config, not both"),
             (["export", "--config", "/etc/hostname", "--format", "yaml"], "--format must be libvirt, json or cmdline"),
             (["export", "--config", "/etc/passwd"], "/etc/passwd: not valid JSON"),
         ] {
@@ -61,6 +61,40 @@ import Testing
             #expect(result.stderr.hasPrefix("swiftkvm: "))
             #expect(result.stderr.contains(message), "\(arguments): \(result.stderr)")
         }
+    }
+
+    /// Without --output the domain becomes a kept VM (issue 11's folder), under its name or --name;
+    /// `export NAME` gives the same configuration back that `import --output` writes.
+    @Test func importKeepsTheVMAndExportByNameGivesItBack() throws {
+        let home = try KeptHome()
+        let imported = try home.run(["import", Self.fixture("two-disks")])
+        #expect(imported.status == 0, "\(imported.stderr)")
+        #expect(imported.stdout.hasPrefix("imported two-disks from "), "\(imported.stdout)")
+        let again = try home.run(["import", Self.fixture("two-disks")])
+        #expect(again.status == 1)
+        #expect(again.stderr.contains("a VM named 'two-disks' exists already"), "\(again.stderr)")
+        let renamed = try home.run(["import", Self.fixture("two-disks"), "--name", "copy"])
+        #expect(renamed.status == 0, "\(renamed.stderr)")
+        let names = try home.list().compactMap { $0["name"] as? String }.sorted()
+        #expect(names == ["copy", "two-disks"])
+        #expect(try home.events("copy") == ["created"])
+        let badName = try home.run(["import", Self.fixture("two-disks"), "--name", "Bad Name"])
+        #expect(badName.status == 2)
+
+        let directory = try Self.temporaryDirectory("kept")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let output = directory.appendingPathComponent("vm.json").path
+        #expect(try home.run(["import", Self.fixture("two-disks"), "--output", output]).status == 0)
+        let exported = try home.run(["export", "two-disks", "--format", "json"])
+        #expect(exported.status == 0, "\(exported.stderr)")
+        let written = try String(contentsOfFile: output, encoding: .utf8)
+        #expect(exported.stdout == written, "export NAME prints what import --output wrote")
+        let xml = try home.run(["export", "copy", "--format", "libvirt"])
+        #expect(xml.status == 0)
+        #expect(xml.stdout.hasPrefix("<domain type='kvm'>\n  <name>copy</name>"), "\(xml.stdout.prefix(80))")
+        let missing = try home.run(["export", "nosuch"])
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains("there is no VM named 'nosuch'"), "\(missing.stderr)")
     }
 
     /// import --output writes what `run --config` reads; export gives it back in each format.
