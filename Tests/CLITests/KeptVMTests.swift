@@ -393,6 +393,30 @@ struct KeptVMTests {
         }
     }
 
+    /// `start` says why a VM could not start; `info` says why each VM last stopped.
+    @Test func startFailuresAndStopReasons() throws {
+        let home = try KeptHome()
+        let program = "\(home.root)/gone.bin"
+        try FileManager.default.copyItem(atPath: Paths.firmware("hello-long"), toPath: program)
+        #expect(try home.run(["create", "gone", "--firmware", program]).status == 0)
+        try FileManager.default.removeItem(atPath: program)
+        let failed = try home.run(["start", "gone"])
+        #expect(failed.status == 1)
+        #expect(failed.stderrLines.first == "swiftkvm: 'gone' did not start: \(program): No such file or directory", "\(failed.stderr)")
+        #expect((try home.info("gone")["last_stop"] as? [String: Any])?["reason"] as? String == "failed")
+
+        for (name, options, reason) in [
+            ("fault", ["--firmware", Paths.firmware("triple-fault"), "--mode", "protected"], "triple-fault"),
+            ("panic", Self.acpi("panic"), "panicked"),
+            ("off", Self.acpi("poweroff"), "powered-off"),
+        ] {
+            #expect(try home.run(["create", name] + options).status == 0)
+            #expect(try home.run(["start", name]).status == 0, "\(name) is entered before it ends")
+            #expect(try home.run(["wait", name, "--for", "stopped", "--timeout", "60"]).status == 0)
+            #expect((try home.info(name)["last_stop"] as? [String: Any])?["reason"] as? String == reason, "\(name)")
+        }
+    }
+
     @Test func badInputIsOneLineAndStatusTwo() throws {
         let home = try KeptHome()
         for (arguments, message) in [
