@@ -154,6 +154,7 @@ struct KeptVMTests {
 
         #expect(try home.run(["pause", "c"]).status == 0)
         #expect(try home.info("c")["state"] as? String == "paused")
+        usleep(300_000)  // what the guest printed before the pause is still on its way to the reader
         let atPause = reader.stdout.utf8.count
         usleep(500_000)
         #expect(reader.stdout.utf8.count == atPause, "the console moved while paused")
@@ -297,7 +298,7 @@ struct KeptVMTests {
         let startedAt = Self.lastCount(first.stdout) ?? 0
         usleep(3_000_000)
         let advanced = (Self.lastCount(first.stdout) ?? 0) - startedAt
-        #expect(advanced > 300, "the counter advanced \(advanced) in 3 s with a stalled reader: \(first.stdout.suffix(300))")
+        #expect(advanced > 100, "the counter advanced \(advanced) in 3 s with a stalled reader: \(first.stdout.suffix(300))")
         #expect(try home.run(["pause", "two"]).status == 0)
         // Paused (perhaps in the middle of a line): both readers end up with the same bytes.
         #expect(Self.waitFor { first.stdout == second.stdout && first.stdout.utf8.count == home.consoleLog("two").utf8.count })
