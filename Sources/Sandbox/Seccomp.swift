@@ -106,7 +106,8 @@ public struct SeccompPolicy: Sendable {
     static let prSetNoNewPrivileges: UInt64 = 38
 
     /// The VMM's system calls after set-up, by job. clone is allowed separately (threads only),
-    /// and clone3 fails with ENOSYS so glibc falls back to it; prctl only for PR_SET_NAME.
+    /// and clone3 fails with ENOSYS so glibc falls back to it; prctl only for PR_SET_NAME and
+    /// PR_GET_NAME (and what stacking a filter needs).
     public static let vmmSyscalls: [String] = [
         // I/O on open descriptors: console, eventfds, disks, the control socket.
         "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
