@@ -23,7 +23,7 @@ export SWIFTKVM_CACHE ?= /var/cache/swiftkvm
 
 # Debian packages the build and the tests use. Installed only when missing.
 DEBIAN_PACKAGES := binutils gcc make libc6-dev linux-libc-dev e2fsprogs acpica-tools socat libxml2-dev virtinst libvirt-clients \
-	libseccomp-dev liblzma-dev liblz4-dev libzstd-dev zlib1g-dev libbz2-dev libssl-dev xz-utils lz4 zstd bzip2 gzip passt iproute2 python3 systemd
+	libseccomp-dev liblzma-dev liblz4-dev libzstd-dev liblzo2-dev zlib1g-dev libbz2-dev libssl-dev xz-utils lz4 zstd lzop bzip2 gzip passt iproute2 python3 systemd
 # PyPI packages for `make api-check` (Tests/api/schemathesis.sh), installed only when missing.
 PIP_PACKAGES := schemathesis==4.32.5
 

@@ -53,13 +53,14 @@ let package = Package(
         .systemLibrary(name: "CLZMA", pkgConfig: "liblzma", providers: [.apt(["liblzma-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CLZO", pkgConfig: "lzo2", providers: [.apt(["liblzo2-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CBZip2", providers: [.apt(["libbz2-dev"])]),  // no .pc file: links bz2
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CMalloc"),  // glibc's malloc.h (malloc_trim), nothing to link
         .target(
             name: "KernelDecompression",
-            dependencies: ["LinuxBoot", "CLZMA", "CLZ4", "CZstd", "CZlib", "CBZip2", "CCrypto", "CMalloc"]),
+            dependencies: ["LinuxBoot", "CLZMA", "CLZ4", "CZstd", "CLZO", "CZlib", "CBZip2", "CCrypto", "CMalloc"]),
         .target(name: "VMM", dependencies: ["KVM", "CEvents", "VMMCore", "VMConfig", "Devices", "LinuxBoot", "Virtio", "ACPI", "KernelDecompression", "CNet"]),
         // The seccomp filter: Debian's libseccomp (libseccomp-dev) and a C SIGSYS handler.
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),

@@ -1,17 +1,19 @@
 // KernelDecompression: a bzImage's compressed kernel decompressed in the host with Debian's
-// libraries (liblzma, liblz4, libzstd, zlib, libbz2), into a buffer that never grows past the
+// libraries (liblzma, liblz4, libzstd, zlib, libbz2, liblzo2), into a buffer that never grows past the
 // bound the caller gives (the setup header's init_size), and a cache of the results. A target of
 // its own so the VMM core does not carry these libraries' headers.
 import CBZip2
 import CLZ4
 import CLZMA
+import CLZO
 import CZlib
 import CZstd
 import LinuxBoot
 
 /// Why a compressed kernel could not be decompressed. Each description is one line.
 public enum KernelDecompressionError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// This build has no decoder for the format (lzo).
+    /// This build has no decoder for the format (none left: every format KernelCompression names
+    /// decodes; kept for a format added to it later).
     case unsupported(name: String, format: KernelCompression)
     /// The data decompresses to more than `limit` bytes: a decompression bomb, or a header whose
     /// `init_size` is wrong.
@@ -47,7 +49,7 @@ public enum KernelDecompressionError: Error, Equatable, Sendable, CustomStringCo
 /// ignores what follows, so a stream from the command-line tools, without that trailer, works too.
 public enum KernelDecompressor {
     /// The formats this build decodes.
-    public static let supportedFormats: Set<KernelCompression> = [.gzip, .xz, .lz4, .zstd, .bzip2, .lzma]
+    public static let supportedFormats: Set<KernelCompression> = [.gzip, .xz, .lz4, .zstd, .bzip2, .lzma, .lzo]
 
     /// Memory the xz and lzma decoders may use for their dictionaries: the kernel's xz uses a
     /// dictionary of at most 32 MiB (scripts/xz_wrap.sh), lzma -9 64 MiB.
@@ -105,7 +107,7 @@ private struct Decoder {
         case .lz4: return try lz4Legacy()
         case .zstd: return try zstd()
         case .bzip2: return try bzip2()
-        case .lzo: throw .unsupported(name: name, format: format)
+        case .lzo: return try lzop()
         }
     }
 
@@ -290,4 +292,160 @@ private struct Decoder {
             }
         }
     }
+
+    // MARK: lzo (lzop's file format; lib/decompress_unlzo.c, lzop's p_header and x_decompress)
+
+    /// lzop's magic: 89 "LZO" 00 0D 0A 1A 0A (KernelCompression recognises the first four).
+    static let lzopMagic: [UInt8] = [0x89, 0x4C, 0x5A, 0x4F, 0x00, 0x0D, 0x0A, 0x1A, 0x0A]
+    /// lzop writes blocks of 256 KiB by default and reads none larger than 64 MiB (MAX_BLOCK_SIZE).
+    static let lzopMaximumBlockSize = 64 << 20
+
+    /// The header flags this decoder acts on (lzop's conf.h).
+    enum LzopFlag {
+        static let adler32Decompressed: UInt32 = 0x0000_0001
+        static let adler32Compressed: UInt32 = 0x0000_0002
+        static let extraField: UInt32 = 0x0000_0040
+        static let crc32Decompressed: UInt32 = 0x0000_0100
+        static let crc32Compressed: UInt32 = 0x0000_0200
+        static let filter: UInt32 = 0x0000_0800
+        static let headerCRC32: UInt32 = 0x0000_1000
+        /// Bits lzop defines: F_MASK, the operating-system byte and the character-set nibble; the
+        /// rest are reserved, and lzop refuses a file that sets them.
+        static let known: UInt32 = 0x0000_3FFF | 0xFF00_0000 | 0x00F0_0000
+    }
+
+    /// liblzo2's lzo_init(), once per process: it checks the library against this build's types.
+    static let lzoInitResult: Int32 = swiftkvm_lzo_init()
+
+    /// Reads `input` front to back; every read is checked against what is left, so a short input
+    /// is `.truncated` and never a read past the end.
+    struct Cursor {
+        let bytes: UnsafeRawBufferPointer
+        var position = 0
+
+        var remaining: Int { bytes.count - position }
+
+        mutating func take(_ count: Int, or error: KernelDecompressionError) throws(KernelDecompressionError) -> UnsafeRawBufferPointer {
+            guard count >= 0, count <= remaining else { throw error }
+            let slice = UnsafeRawBufferPointer(rebasing: bytes[position..<position + count])
+            position += count
+            return slice
+        }
+
+        mutating func bigEndian(_ width: Int, or error: KernelDecompressionError) throws(KernelDecompressionError) -> UInt32 {
+            try take(width, or: error).reduce(0) { $0 << 8 | UInt32($1) }
+        }
+    }
+
+    /// The checksum lzop keeps: Adler-32 (starting at 1) or CRC-32 (starting at 0), both zlib's.
+    static func lzopChecksum(_ bytes: UnsafeRawBufferPointer, crc32 useCRC32: Bool) -> UInt32 {
+        // lzop's blocks and headers are far below 4 GiB (a block is at most 64 MiB); uInt is 32-bit.
+        let base = bytes.baseAddress?.assumingMemoryBound(to: Bytef.self)
+        let length = uInt(bytes.count)
+        return UInt32(useCRC32 ? crc32(0, base, length) : adler32(1, base, length))
+    }
+
+    func lzop() throws(KernelDecompressionError) -> Int {
+        guard Self.lzoInitResult == LZO_E_OK else {
+            throw .decoderFailed(name: name, format: format, call: "lzo_init", code: Int(Self.lzoInitResult))
+        }
+        guard let target = output.baseAddress else { throw exceeds }
+        var cursor = Cursor(bytes: input)
+
+        // The header: magic, then the fields the header checksum covers, then the checksum.
+        let magic = try cursor.take(min(Self.lzopMagic.count, cursor.remaining), or: truncated)
+        guard magic.elementsEqual(Self.lzopMagic.prefix(magic.count)) else { throw corrupt("its lzop magic is wrong") }
+        guard magic.count == Self.lzopMagic.count else { throw truncated }
+        let headerStart = cursor.position
+        let version = try cursor.bigEndian(2, or: truncated)
+        guard version >= 0x0900 else { throw corrupt("lzop file version \(hex(version)), older than 0.90") }
+        _ = try cursor.take(2, or: truncated)  // the LZO library version that wrote it
+        if version >= 0x0940 { _ = try cursor.take(2, or: truncated) }  // the version needed to extract
+        let method = try cursor.bigEndian(1, or: truncated)
+        // M_LZO1X_1, M_LZO1X_1_15 and M_LZO1X_999: all three are LZO1X, which lzo1x_decompress_safe reads.
+        guard (1...3).contains(method) else { throw corrupt("lzop method \(method), not one of LZO1X's (1 to 3)") }
+        if version >= 0x0940 { _ = try cursor.take(1, or: truncated) }  // the compression level
+        let flags = try cursor.bigEndian(4, or: truncated)
+        guard flags & ~LzopFlag.known == 0 else { throw corrupt("lzop header flags \(hex(flags)) set reserved bits") }
+        if flags & LzopFlag.filter != 0 {
+            // The kernel's build never uses lzop's filters, and its decompressor does not undo one.
+            let filter = try cursor.bigEndian(4, or: truncated)
+            throw corrupt("it was compressed through lzop filter \(filter), which the kernel's decompressor does not undo")
+        }
+        _ = try cursor.take(4 + 4, or: truncated)  // mode, mtime (low half)
+        if version >= 0x0940 { _ = try cursor.take(4, or: truncated) }  // mtime (high half)
+        let nameLength = Int(try cursor.bigEndian(1, or: truncated))
+        _ = try cursor.take(nameLength, or: truncated)
+        let headerCRC32 = flags & LzopFlag.headerCRC32 != 0
+        let covered = UnsafeRawBufferPointer(rebasing: input[headerStart..<cursor.position])
+        guard try cursor.bigEndian(4, or: truncated) == Self.lzopChecksum(covered, crc32: headerCRC32) else {
+            throw corrupt("its lzop header checksum is wrong")
+        }
+        if flags & LzopFlag.extraField != 0 {
+            // Never written by lzop 1.04, but defined: a length, the bytes, a checksum of both.
+            let extraStart = cursor.position
+            let extraLength = Int(try cursor.bigEndian(4, or: truncated))
+            _ = try cursor.take(extraLength, or: truncated)
+            let extra = UnsafeRawBufferPointer(rebasing: input[extraStart..<cursor.position])
+            guard try cursor.bigEndian(4, or: truncated) == Self.lzopChecksum(extra, crc32: headerCRC32) else {
+                throw corrupt("its lzop extra field's checksum is wrong")
+            }
+        }
+
+        // The blocks: uncompressed length, compressed length, checksums, data; a 0 length ends them.
+        var produced = 0
+        var block = 0
+        while true {
+            let length = Int(try cursor.bigEndian(4, or: truncated))
+            if length == 0 { return produced }  // what follows (the kernel's size trailer) is not read
+            // UInt32s in an Int: none of this arithmetic can overflow, and produced <= output.count.
+            guard length <= output.count - produced else { throw exceeds }
+            guard length <= Self.lzopMaximumBlockSize else {
+                throw corrupt("block \(block) claims \(length) bytes, more than lzop's 64 MiB block maximum")
+            }
+            let compressedLength = Int(try cursor.bigEndian(4, or: truncated))
+            guard compressedLength > 0, compressedLength <= length else {
+                throw corrupt("block \(block)'s compressed length \(compressedLength) is not between 1 and its length \(length)")
+            }
+            let stored = compressedLength == length
+            var expected: [(value: UInt32, crc32: Bool, ofCompressed: Bool)] = []
+            if flags & LzopFlag.adler32Decompressed != 0 { expected.append((try cursor.bigEndian(4, or: truncated), false, false)) }
+            if flags & LzopFlag.crc32Decompressed != 0 { expected.append((try cursor.bigEndian(4, or: truncated), true, false)) }
+            if !stored {
+                if flags & LzopFlag.adler32Compressed != 0 { expected.append((try cursor.bigEndian(4, or: truncated), false, true)) }
+                if flags & LzopFlag.crc32Compressed != 0 { expected.append((try cursor.bigEndian(4, or: truncated), true, true)) }
+            }
+            let data = try cursor.take(compressedLength, or: truncated)
+            let destination = UnsafeMutableRawBufferPointer(start: target + produced, count: length)
+            if stored {
+                destination.copyMemory(from: data)
+            } else {
+                var written = lzo_uint(length)
+                let result = lzo1x_decompress_safe(
+                    data.baseAddress?.assumingMemoryBound(to: UInt8.self), lzo_uint(compressedLength),
+                    destination.baseAddress?.assumingMemoryBound(to: UInt8.self), &written, nil)
+                switch result {
+                case LZO_E_OK: break
+                case LZO_E_OUTPUT_OVERRUN: throw corrupt("block \(block) decodes to more than its length \(length)")
+                case LZO_E_INPUT_OVERRUN: throw corrupt("block \(block)'s data ends before its LZO1X stream does")
+                case LZO_E_INPUT_NOT_CONSUMED: throw corrupt("block \(block)'s LZO1X stream ends before its data does")
+                case LZO_E_LOOKBEHIND_OVERRUN: throw corrupt("block \(block) refers back before its start")
+                default: throw corrupt("block \(block) does not decode (lzo1x_decompress_safe returned \(result))")
+                }
+                guard Int(written) == length else {
+                    throw corrupt("block \(block) decodes to \(written) bytes, not its length \(length)")
+                }
+            }
+            for check in expected {
+                let covered = check.ofCompressed ? data : UnsafeRawBufferPointer(destination)
+                guard Self.lzopChecksum(covered, crc32: check.crc32) == check.value else {
+                    throw corrupt("block \(block)'s \(check.crc32 ? "CRC-32" : "Adler-32") checksum of its \(check.ofCompressed ? "compressed" : "decompressed") bytes is wrong")
+                }
+            }
+            produced += length
+            block += 1
+        }
+    }
+
+    private func hex(_ value: UInt32) -> String { "0x" + String(value, radix: 16) }
 }

@@ -35,6 +35,7 @@ func referenceVmlinux(bzImage path: String, payload: KernelPayload) throws -> [U
         case .gzip: ["gzip", "-dc"]
         case .zstd: ["zstd", "-dc"]
         case .bzip2: ["bzip2", "-dc"]
+        case .lzo: ["lzop", "-dc"]
         default: ["false"]
         }
     // xz and gzip complain about the size trailer after the stream but write everything first.
@@ -74,6 +75,27 @@ func referenceVmlinux(bzImage path: String, payload: KernelPayload) throws -> [U
         // payload is vmlinux.bin followed by its relocations, and both tools give all of it.
         #expect(output.count == reference.count)
         #expect(output == reference)
+    }
+
+    /// No cached kernel is lzo-compressed, and building one is not cheap: the test kernel's
+    /// vmlinux.bin is compressed as the kernel's build does for CONFIG_KERNEL_LZO (scripts/Makefile.lib's
+    /// cmd_lzo: `lzop -9` and the size trailer) and put in a bzImage header with its init_size.
+    @Test(.enabled(if: cached("test-kernel/bzImage") != nil || isCI, "no test kernel in \(guestCache) (make test-guest)"))
+    func theTestKernelRecompressedWithLzopDecompressesAsExtractVmlinuxDoes() throws {
+        let path = try #require(cached("test-kernel/bzImage"))
+        let kernel = try BzImage(bytes: [UInt8](Data(contentsOf: URL(fileURLWithPath: path))), name: path)
+        let vmlinux = try KernelDecompressor.decompress(try KernelPayload(of: kernel), name: path)
+        let compressed = try runTool(["lzop", "-9", "-c"], input: vmlinux) + sizeTrailer(vmlinux.count)
+        #expect(compressed.count > 1 << 20)  // many 256 KiB blocks
+        let image = try bzImage(payload: compressed, initSize: kernel.initSize)
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("swiftkvm-lzo-bzImage-\(UUID().uuidString)").path
+        #expect(FileManager.default.createFile(atPath: file, contents: Data(image.bytes)))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let payload = try KernelPayload(of: image)
+        #expect(payload.compression == .lzo)
+        let output = try KernelDecompressor.decompress(payload, name: file)
+        #expect(output == vmlinux)
+        #expect(output == (try referenceVmlinux(bzImage: file, payload: payload)))
     }
 }
 
