@@ -166,7 +166,7 @@ struct ControlAPICommandTests {
 
     /// `serve`: an empty VMM configured over the API, started, and ended by the ACPI power button
     /// on a guest that enables the event and powers off through S5 when its SCI comes.
-    @Test(.timeLimit(.minutes(5)))
+    @Test(.timeLimit(.minutes(45)))
     func anEmptyVMMIsConfiguredStartedAndPoweredOffThroughTheAPI() throws {
         let socket = Self.socketPath("serve")
         let vmm = try Background(["serve", "--api-socket", socket, "--time-limit", "200"])

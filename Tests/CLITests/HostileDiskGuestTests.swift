@@ -10,7 +10,7 @@ import Testing
 /// 2. A guest that keeps its disk as busy as the device allows is still stopped at once by the
 ///    time limit and by SIGTERM (before the fix, 48–66 s for a 3 s limit); a request with a segment
 ///    above the announced `size_max` is refused.
-@Suite(.enabled(if: KVM.shouldRun, KVM.skipReason), .timeLimit(.minutes(10)))
+@Suite(.enabled(if: KVM.shouldRun, KVM.skipReason), .timeLimit(.minutes(45)))
 struct HostileDiskGuestTests {
     /// A sparse disk image of `size` bytes, removed by the caller.
     static func sparseDisk(_ name: String, size: off_t = 256 << 20) throws -> String {

@@ -5,7 +5,7 @@ import Testing
 /// whole boot in the console log, stopped.
 @Suite(.enabled(if: KeptLinuxAssets.shouldRun, "the test kernel is not in the cache (run `make guest`) or /dev/kvm is absent, and CI is unset"))
 struct KeptLinuxTests {
-    @Test(.timeLimit(.minutes(20)))
+    @Test(.timeLimit(.minutes(45)))
     func aDetachedTestKernelIsWaitedForTypedIntoAndStopped() throws {
         try KeptLinuxAssets.run()
     }

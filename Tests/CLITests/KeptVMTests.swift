@@ -95,7 +95,7 @@ final class KeptHome: @unchecked Sendable {
 
 /// Kept VMs end to end with firmware guests: the built `swiftkvm` driven as a user would, each
 /// test in a `SWIFTKVM_HOME` of its own.
-@Suite(.enabled(if: KVM.shouldRun, KVM.skipReason), .timeLimit(.minutes(10)))
+@Suite(.enabled(if: KVM.shouldRun, KVM.skipReason), .timeLimit(.minutes(45)))
 struct KeptVMTests {
     static let counter = ["--firmware", Paths.firmware("counter-user"), "--mode", "user"]
     static func acpi(_ action: String) -> [String] {

@@ -5,7 +5,7 @@ import Testing
 /// through its control socket, its VMM killed, and the snapshot loaded into a NEW VMM (`swiftkvm
 /// serve` + `PUT /snapshot/load`, or `swiftkvm restore DIR`): the counter goes on with the next
 /// number.
-@Suite(.enabled(if: KVM.shouldRun, KVM.skipReason), .timeLimit(.minutes(10)))
+@Suite(.enabled(if: KVM.shouldRun, KVM.skipReason), .timeLimit(.minutes(45)))
 struct SnapshotCommandTests {
     typealias API = ControlAPICommandTests
 

@@ -52,7 +52,7 @@ struct BootProbeTests {
     // LinuxGuestTests occupy the test pool; each guest run has its own short deadline.
     // Through the 64-bit entry (how SwiftKVM boots Linux) and the 32-bit one (code32_start, where
     // the probe sets up long mode itself, as Linux's startup_32 does).
-    @Test(.timeLimit(.minutes(20)), arguments: [LinuxBootEntry.bits64, .bits32])
+    @Test(.timeLimit(.minutes(45)), arguments: [LinuxBootEntry.bits64, .bits32])
     func probeAcceptsTheBootProtocolAsLinuxWould(entry: LinuxBootEntry) throws {
         let initrd = Self.initrdBytes(count: 10_000)
         let initrdFile = try TemporaryFile(contents: initrd)
@@ -118,7 +118,7 @@ struct BootProbeTests {
 
     /// With 4 GiB, the RAM past 3 GiB sits above 4 GiB: the guest's e820 says so, and the 32-bit
     /// MMIO hole is not RAM.
-    @Test(.timeLimit(.minutes(20)))
+    @Test(.timeLimit(.minutes(45)))
     func memoryAboveThreeGiBMovesAboveFourGiB() throws {
         let initrdFile = try TemporaryFile(contents: Self.initrdBytes(count: 4096))
         defer { initrdFile.remove() }
@@ -139,7 +139,7 @@ struct BootProbeTests {
         #expect(!ram.contains { $0.range.overlaps(GuestAddress(0xC000_0000)..<GuestAddress(0x1_0000_0000)) })
     }
 
-    @Test(.timeLimit(.minutes(20)))
+    @Test(.timeLimit(.minutes(45)))
     func anInitrdTooBigForMemoryIsACleanError() throws {
         // 70 MiB (sparse) into 64 MiB of guest memory.
         let initrdFile = try TemporaryFile(contents: Self.initrdBytes(count: 4096), size: 70 << 20)
@@ -155,7 +155,7 @@ struct BootProbeTests {
         #expect(description.contains("initrd") && description.contains("does not fit"), "\(description)")
     }
 
-    @Test(.timeLimit(.minutes(20)))
+    @Test(.timeLimit(.minutes(45)))
     func aTruncatedImageIsACleanError() throws {
         let image = try readHostFile(Self.probePath)
         #expect(image.count == 0x1400)

@@ -16,7 +16,7 @@ struct DirectBootTests {
 
     // Generous: with the machine's two cores shared, busybox's init alone took over 10 minutes
     // after `Run /init` here (each guest page fault costs milliseconds on KVM-PVM).
-    @Test(.timeLimit(.minutes(40)), arguments: Path.allCases)
+    @Test(.timeLimit(.minutes(45)), arguments: Path.allCases)
     func testKernelBootsToItsShell(path: Path) throws {
         let assets = try GuestAssets.testKernel()
         let kernel = path == .vmlinuxDirect ? "\(GuestAssets.cache)/test-kernel/vmlinux" : assets.kernel

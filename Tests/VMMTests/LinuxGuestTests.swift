@@ -7,7 +7,7 @@ import Testing
 /// whose KVM emulates guest ring 0, so every wait has a deadline and one boot covers it all.
 @Suite(.enabled(if: GuestAssets.shouldRun, GuestAssets.skipReason))
 struct LinuxGuestTests {
-    @Test(.timeLimit(.minutes(20)))
+    @Test(.timeLimit(.minutes(45)))
     func testKernelBootsToABusyboxShellAndRebootsCleanly() throws {
         let assets = try GuestAssets.testKernel()
         let disks = try LinuxDiskChecks()
@@ -76,7 +76,7 @@ extension LinuxGuestTests {
     /// and syncs must be in the image afterwards, which still passes `e2fsck -n`. The run ends with
     /// init exiting, a kernel panic the VMM must report as one; it is traced, and `--stats` is
     /// checked against the trace.
-    @Test(.timeLimit(.minutes(20)))
+    @Test(.timeLimit(.minutes(45)))
     func ext4RootOnVirtioBlkWithTheEmulatedPIT() throws {
         let assets = try GuestAssets.testKernel()
         let image = try HostFiles.temporaryCopy(of: try GuestAssets.rootFileSystem(), name: "root.ext4")

@@ -79,7 +79,7 @@ struct LinuxNetworkTests {
 
     static let serveFromTheGuest = "mkdir -p /www && echo served-by-the-guest-$((6 * 7)) >/www/index.html && httpd -p PORT -h /www; echo HTTPD-RC-$?"
 
-    @Test(.timeLimit(.minutes(25)))
+    @Test(.timeLimit(.minutes(45)))
     func overATapTheGuestPingsDownloadsAndServes() throws {
         let namespace = try TestNamespace(tag: "tap")
         defer { namespace.remove() }
@@ -115,7 +115,7 @@ struct LinuxNetworkTests {
     // It hung in every run until 2026-12-08: Debian's busybox looks for udhcpc's script at
     // /etc/udhcpc/default.script, the initramfs had it under /usr/share, so the lease was never
     // applied (eth0 stayed down, then without an address) and udhcpc spun on "Network is down".
-    @Test(.timeLimit(.minutes(25)))
+    @Test(.timeLimit(.minutes(45)))
     func userModeGetsDHCPReachesTheHostsLoopbackAndTakesAForwardedPort() throws {
         // passt needs an interface with a default route: a veth to a peer namespace, documentation addresses.
         let namespace = try TestNamespace(tag: "user")

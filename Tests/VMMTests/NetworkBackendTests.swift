@@ -213,7 +213,7 @@ struct TapBackendTests {
             + [0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01] + guestMAC + [192, 0, 2, 2] + [0, 0, 0, 0, 0, 0] + [192, 0, 2, 1]
     }
 
-    @Test(.timeLimit(.minutes(10)))
+    @Test(.timeLimit(.minutes(45)))
     func anARPRequestOnTheTransmitQueueBringsTheKernelsReplyBackThroughReceive() throws {
         let namespace = try TestNamespace(tag: "arp")
         defer { namespace.remove() }

@@ -10,7 +10,7 @@ import VMM
 /// the Linux loader: the in-kernel irqchip and PIT, the 16550, the i8042, the PM block and a
 /// virtio-mmio disk all in the state file) finishes its reads and writes after the restore, and
 /// the disk is byte-exact.
-@Suite(.enabled(if: KVMAvailability.shouldRun, KVMAvailability.skipReason), .timeLimit(.minutes(10)))
+@Suite(.enabled(if: KVMAvailability.shouldRun, KVMAvailability.skipReason), .timeLimit(.minutes(45)))
 struct SnapshotDiskTests {
     static let writeSector = 100
 

@@ -8,7 +8,7 @@ import VMM
 
 /// The test kernel snapshotted at its busybox shell and restored: the shell answers a command,
 /// `sleep` returns (timer interrupts run) and the uptime goes on from where it was (the clock).
-@Suite(.enabled(if: GuestAssets.shouldRun, GuestAssets.skipReason), .timeLimit(.minutes(30)))
+@Suite(.enabled(if: GuestAssets.shouldRun, GuestAssets.skipReason), .timeLimit(.minutes(45)))
 struct SnapshotLinuxTests {
     /// Console output collected from the guest, and input typed into it.
     final class Console: @unchecked Sendable {

@@ -9,7 +9,7 @@ import VMMCore
 
 /// Full snapshots of a paused firmware guest, restored in this process: the guest continues where
 /// it stopped. (The restore in a new process is in CLITests' SnapshotCommandTests.)
-@Suite(.enabled(if: KVMAvailability.shouldRun, KVMAvailability.skipReason), .timeLimit(.minutes(10)))
+@Suite(.enabled(if: KVMAvailability.shouldRun, KVMAvailability.skipReason), .timeLimit(.minutes(45)))
 struct SnapshotTests {
     static let counter = VMInstanceTests.firmware("counter-user", mode: "user")
 

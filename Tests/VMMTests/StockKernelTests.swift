@@ -17,7 +17,7 @@ struct StockKernelTests {
     /// the virtio-mmio disk as an LNRO0005 device in the DSDT (this kernel has no
     /// `virtio_mmio.device=` support). `uname -r`, `nproc` and the disk's size through the console,
     /// then `poweroff -f` through the FADT's PM1 control register: exit status 0.
-    @Test(.timeLimit(.minutes(12)))
+    @Test(.timeLimit(.minutes(45)))
     func stockKernelFindsItsCPUsAndDiskThroughACPIAndPowersOff() throws {
         let lane = KVMLane.current
         print("StockKernelTests: lane: \(lane)")
@@ -58,7 +58,7 @@ struct StockKernelTests {
     /// nested lane has hung once and triple-faulted once during boot in five runs; the test kernel's
     /// four-vCPU boot below has not. Which side is at fault is not known yet; see
     /// `runSwiftKVMRetryingTheLane` for the one triple fault of a two-vCPU test-kernel boot.)
-    @Test(.timeLimit(.minutes(12)))
+    @Test(.timeLimit(.minutes(45)))
     func stockKernelPanicIsReportedAndEndsTheRun() throws {
         let lane = KVMLane.current
         let stock = try StockKernel.assets()
@@ -82,7 +82,7 @@ extension StockKernelTests {
     /// The project's test kernel (no ACPI: it finds its CPUs in the MP table) with two and four
     /// vCPUs, on the hardware-like lane: on KVM-PVM a second vCPU never comes up (QEMU's neither),
     /// so this is where the MP table, INIT/SIPI and the CPUID topology meet a real SMP boot.
-    @Test(.timeLimit(.minutes(12)), arguments: [2, 4])
+    @Test(.timeLimit(.minutes(45)), arguments: [2, 4])
     func testKernelBringsUpEveryVCPUFromTheMPTable(cpus: Int) throws {
         let lane = KVMLane.current
         let assets = try GuestAssets.testKernel()

@@ -139,7 +139,7 @@ struct VMInstanceTests {
         #expect(report.boots == 0)
     }
 
-    @Test(.timeLimit(.minutes(5)))
+    @Test(.timeLimit(.minutes(45)))
     func thePowerButtonEndsAGuestThatTakesItsSCI() throws {
         let output = CollectedOutput()
         let instance = try VMInstance(Self.powerGuest("button"), policy: RunPolicy(timeLimit: .seconds(120))) { output.append($0) }
@@ -155,7 +155,7 @@ struct VMInstanceTests {
         #expect(text.contains("POWER sci 0x1\nPOWER button pressed\n"), "\(text)")
     }
 
-    @Test(.timeLimit(.minutes(5)))
+    @Test(.timeLimit(.minutes(45)))
     func aPressBeforeTheGuestListensIsHeldAndAPreservedVMStaysUntilStopped() throws {
         let output = CollectedOutput()
         let instance = try VMInstance(Self.powerGuest("button", onPowerOff: .preserve), policy: RunPolicy(timeLimit: .seconds(120))) {

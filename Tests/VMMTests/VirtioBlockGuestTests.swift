@@ -51,7 +51,7 @@ struct VirtioBlockGuestTests {
         return path
     }
 
-    @Test(.timeLimit(.minutes(10)))
+    @Test(.timeLimit(.minutes(45)))
     func readsTheDiskTheHostWrote() throws {
         let bytes = HostFiles.randomBytes(512 * 1024, seed: 21)
         let disk = try temporaryDisk(bytes, "read.img")
@@ -67,7 +67,7 @@ struct VirtioBlockGuestTests {
         #expect(try readHostFile(disk) == bytes, "reading changes nothing")
     }
 
-    @Test(.timeLimit(.minutes(10)))
+    @Test(.timeLimit(.minutes(45)))
     func aWriteAndFlushReachTheHostFile() throws {
         let bytes = HostFiles.randomBytes(256 * 1024, seed: 22)
         let disk = try temporaryDisk(bytes, "write.img")
@@ -81,7 +81,7 @@ struct VirtioBlockGuestTests {
         #expect(try readHostFile(disk) == expected, "exactly the pattern, at sector 100")
     }
 
-    @Test(.timeLimit(.minutes(10)))
+    @Test(.timeLimit(.minutes(45)))
     func aReadOnlyDiskRefusesTheWriteAndStaysByteIdentical() throws {
         let bytes = HostFiles.randomBytes(64 * 1024, seed: 23)
         let disk = try temporaryDisk(bytes, "readonly.img")
@@ -94,7 +94,7 @@ struct VirtioBlockGuestTests {
         #expect(try readHostFile(disk) == bytes)
     }
 
-    @Test(.timeLimit(.minutes(10)))
+    @Test(.timeLimit(.minutes(45)))
     func theSecondDiskSitsInTheNextWindowWithTheNextInterrupt() throws {
         let first = try temporaryDisk(HostFiles.randomBytes(4096, seed: 24), "first.img")
         let second = try temporaryDisk(HostFiles.randomBytes(8192, seed: 25), "second.img")
@@ -115,7 +115,7 @@ struct VirtioBlockGuestTests {
         #expect(session.output.contains("VBLK id swiftkvm-vdb\n"))
     }
 
-    @Test(.timeLimit(.minutes(10)))
+    @Test(.timeLimit(.minutes(45)))
     func withoutADiskTheGuestSaysSo() throws {
         let result = try run("vblk.read=1", disks: [])
         #expect(result.output.contains("VBLK FAIL no virtio-blk in virtio_mmio.device= on the command line"))

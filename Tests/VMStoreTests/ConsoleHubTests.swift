@@ -37,7 +37,7 @@ final class Reader: @unchecked Sendable {
     func waitForEnd(seconds: Double = 20) -> Bool { done.wait(timeout: .now() + seconds) == .success }
 }
 
-@Suite(.timeLimit(.minutes(10))) struct ConsoleHubTests {
+@Suite(.timeLimit(.minutes(45))) struct ConsoleHubTests {
     func makeHub(_ temporary: TemporaryStore, clientQueue: Int = ConsoleHub.defaultClientQueue, input: @escaping @Sendable ([UInt8]) -> Void = { _ in })
         throws -> ConsoleHub
     {
