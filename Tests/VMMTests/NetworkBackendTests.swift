@@ -232,18 +232,23 @@ struct TapBackendTests {
         #expect(fixture.device.statistics.framesSent == 1)
 
         // The namespace's kernel answers (it may also send its own frames first: IPv6 and the like).
+        // Bounded: 100 looks of at most 200 ms. The queue is served on every look (readiness only
+        // paces it), so nothing read in one look waits for the descriptor to be readable again.
         var reply: [UInt8]?
         var seen = 0
-        for _ in 0..<50 where reply == nil {
-            guard let fd = backend.readableDescriptor, waitReadable(fd, milliseconds: 200) else { continue }
+        var kinds: [String] = []
+        for _ in 0..<100 where reply == nil {
+            if let fd = backend.readableDescriptor { _ = waitReadable(fd, milliseconds: 200) }
             fixture.transport.serve(queue: 0)
             for frame in fixture.received(since: UInt16(seen), addresses: addresses, offered: 0) {
+                kinds.append(frame.count >= 14 ? String(format: "%02x%02x/%d", frame[12], frame[13], frame.count) : "short/\(frame.count)")
                 if frame.count >= 42, frame[12] == 0x08, frame[13] == 0x06, frame[20] == 0, frame[21] == 2 { reply = frame }
             }
             seen = Int(fixture.rx.usedIndex)
             if seen >= 16 { break }
         }
-        let arp = try #require(reply, "no ARP reply came back through the receive queue")
+        let arp = try #require(
+            reply, "no ARP reply came back through the receive queue; frames received (ethertype/length): \(kinds)")
         #expect(Array(arp[0..<6]) == Self.guestMAC, "addressed to the guest")
         #expect(Array(arp[28..<32]) == [192, 0, 2, 1], "from 192.0.2.1")
         #expect(Array(arp[38..<42]) == [192, 0, 2, 2], "to 192.0.2.2")
