@@ -35,10 +35,10 @@ let package = Package(
         // The one description of a VM (Codable), shared by the CLI, the API and importers.
         .target(name: "VMConfig"),
         // The control API: an HTTP/1.1 server on a Unix socket and the VMController protocol the VMM
-        // implements. Foundation (JSON) and VMConfig only: no VMM, no KVM.
+        // implements. FoundationEssentials (JSON) and VMConfig only: no VMM, no KVM.
         .target(name: "ControlAPI", dependencies: ["VMConfig"]),
         // Kept VMs: the folder per VM, its lock, state and event files, the size-capped console log
-        // and the console socket's fan-out. Foundation and VMConfig only: no VMM, no KVM.
+        // and the console socket's fan-out. FoundationEssentials and VMConfig only: no VMM, no KVM.
         .target(name: "VMStore", dependencies: ["VMConfig"]),
         .target(name: "ControlAPIMock", dependencies: ["ControlAPI", "VMConfig"]),
         .executableTarget(name: "api-mock-server", dependencies: ["ControlAPI", "ControlAPIMock"]),

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// `PUT /snapshot/create`: Firecracker's `SnapshotCreateParams`. Only full snapshots exist here
 /// (`snapshot_type` "Full", the default); a diff snapshot needs dirty-page tracking, which

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// An append-only log file capped in size: when the next write would pass `capacity` bytes the
@@ -10,7 +10,7 @@ public final class CappedLog: @unchecked Sendable {
     public let capacity: Int
     private var descriptor: Int32 = -1
     private var size = 0
-    private let lock = NSLock()
+    private let lock = PlainLock()
 
     public static let defaultCapacity = 1 << 20
 
@@ -104,9 +104,21 @@ public struct EventLog: Sendable {
     }
 
     public static func timestamp(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        return formatter.string(from: date)
+        // What ISO8601DateFormatter gave with [.withInternetDateTime, .withFractionalSeconds] in
+        // UTC: "2026-12-08T00:25:13.724Z" (milliseconds, truncated).
+        let interval = date.timeIntervalSince1970
+        let seconds = interval.rounded(.down)
+        var milliseconds = Int(((interval - seconds) * 1000).rounded(.down))
+        milliseconds = min(max(milliseconds, 0), 999)
+        var time = time_t(seconds)
+        var parts = tm()
+        gmtime_r(&time, &parts)
+        func digits(_ value: Int32, _ width: Int) -> String {
+            let text = String(value)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        return digits(parts.tm_year + 1900, 4) + "-" + digits(parts.tm_mon + 1, 2) + "-" + digits(parts.tm_mday, 2)
+            + "T" + digits(parts.tm_hour, 2) + ":" + digits(parts.tm_min, 2) + ":" + digits(parts.tm_sec, 2)
+            + "." + digits(Int32(milliseconds), 3) + "Z"
     }
 }

@@ -1,4 +1,5 @@
-import Foundation
+import Dispatch
+import FoundationEssentials
 import Glibc
 
 /// A kept VM's console, shared: every byte the guest writes goes into a history (replayed to
@@ -21,7 +22,7 @@ public final class ConsoleHub: @unchecked Sendable {
     private let log: CappedLog?
     private let input: @Sendable ([UInt8]) -> Void
 
-    private let lock = NSLock()
+    private let lock = PlainLock()
     private var history: [UInt8]
     private var historyHead = 0
     private var historyCount = 0
@@ -350,9 +351,7 @@ public final class ConsoleHub: @unchecked Sendable {
     }
 
     private func spawn(_ body: @escaping @Sendable () -> Void) {
-        let thread = Thread { body() }
-        thread.stackSize = 256 << 10
-        thread.start()
+        DetachedThread.start(stackSize: 256 << 10) { body() }
     }
 }
 

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// Unix stream sockets for the store's paths, which may be longer than the 107 bytes `sun_path`
@@ -128,7 +128,8 @@ public struct ControlClient: Sendable {
         public var text: String { String(decoding: body, as: UTF8.self) }
         /// The API's `fault_message`, or the body.
         public var faultMessage: String {
-            if let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any], let message = object["fault_message"] as? String {
+            struct Fault: Decodable { let fault_message: String? }
+            if let message = (try? JSONDecoder().decode(Fault.self, from: Data(body)))?.fault_message {
                 return message
             }
             return text
@@ -169,7 +170,7 @@ public struct ControlClient: Sendable {
         var length: Int?
         for line in lines.dropFirst() {
             let pair = line.split(separator: ":", maxSplits: 1)
-            if pair.count == 2, pair[0].lowercased() == "content-length" { length = Int(pair[1].trimmingCharacters(in: .whitespaces)) }
+            if pair.count == 2, pair[0].lowercased() == "content-length" { length = Int(pair[1].trimmingWhitespace()) }
         }
         let body = Array(bytes[(end + 4)...])
         if let length {

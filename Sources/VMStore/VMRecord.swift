@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// The state file (`state.json`): what the VMM that holds the lock says about the VM, and why the

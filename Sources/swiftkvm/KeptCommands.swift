@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Glibc
 import VMConfig
 import VMM
@@ -156,7 +156,7 @@ struct Start: ParsableCommand {
         printError("'\(folder.name)' did not start: \(why)")
         let console = Kept.lastLines(CappedLog.tail(folder.consoleLogPath, bytes: 4096), 5)
         if !console.isEmpty { fputs("console (last lines):\n" + console.map { "  \($0)\n" }.joined(), stderr) }
-        let vmm = Kept.lastLines(VMStore.read(folder.vmmLogPath) ?? [], 5).filter { !why.contains($0.replacingOccurrences(of: "swiftkvm: ", with: "")) }
+        let vmm = Kept.lastLines(VMStore.read(folder.vmmLogPath) ?? [], 5).filter { !why.contains($0.replacingAll("swiftkvm: ", with: "")) }
         if !vmm.isEmpty { fputs("VMM (\(folder.vmmLogPath)):\n" + vmm.map { "  \($0)\n" }.joined(), stderr) }
         throw ExitCode(1)
     }
@@ -170,7 +170,7 @@ enum KeptAttach {
             // It ended before we attached (a guest that exits at once; its VMM may still be writing
             // down its stop): its run from the log.
             guard Kept.waitUntilStopped(folder, seconds: 10) else { throw error }
-            FileHandle.standardOutput.write(Data(lastRun(CappedLog.contents(folder.consoleLogPath), name: folder.name)))
+            Kept.writeOut(lastRun(CappedLog.contents(folder.consoleLogPath), name: folder.name))
             end = .ended
         }
         switch end {
@@ -274,8 +274,8 @@ struct List: ParsableCommand {
         }
         let widths = header.indices.map { column in ([header] + table).map { $0[column].count }.max() ?? 0 }
         for line in [header] + table {
-            print(line.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  ")
-                .trimmingCharacters(in: .whitespaces))
+            print(line.enumerated().map { Kept.padded($0.element, to: widths[$0.offset]) }.joined(separator: "  ")
+                .trimmingWhitespace())
         }
     }
 }
@@ -304,10 +304,12 @@ struct Info: ParsableCommand {
             }
             // The VMM's own view, when it answers.
             if let answer = try? ControlClient(socketPath: folder.controlSocketPath, timeout: 5).request("GET", "/"),
-                answer.status == 200, let object = try? JSONSerialization.jsonObject(with: Data(answer.body)) as? [String: Any]
+                answer.status == 200
             {
-                if let boots = object["boot_count"] as? Int { info["boot_count"] = boots }
-                if let state = object["state"] as? String { info["vmm_state"] = state }
+                struct Boots: Decodable { let boot_count: Int? }
+                struct State: Decodable { let state: String? }
+                if let boots = (try? JSONDecoder().decode(Boots.self, from: Data(answer.body)))?.boot_count { info["boot_count"] = boots }
+                if let state = (try? JSONDecoder().decode(State.self, from: Data(answer.body)))?.state { info["vmm_state"] = state }
             }
         }
         if let stop = status.record.lastStop {
@@ -358,7 +360,7 @@ struct Info: ParsableCommand {
         }
         lines.append(("folder", folder.dataPath))
         lines.append(("autostart", (info["autostart"] as? Bool) == true ? Autostart.unitPath(name) : "no"))
-        for (key, value) in lines { print((key + ":").padding(toLength: 11, withPad: " ", startingAt: 0) + value) }
+        for (key, value) in lines { print(Kept.padded(key + ":", to: 11) + value) }
     }
 }
 
@@ -435,13 +437,13 @@ struct Logs: ParsableCommand {
     func run() throws {
         Kept.defaultSignals()
         let folder = try Kept.folder(name)
-        FileHandle.standardOutput.write(Data(VMStore.read(folder.consoleLogPath + ".1", limit: 64 << 20) ?? []))
+        Kept.writeOut(VMStore.read(folder.consoleLogPath + ".1", limit: 64 << 20) ?? [])
         var follower = LogFollower(path: folder.consoleLogPath)
-        FileHandle.standardOutput.write(Data(follower.next()))
+        Kept.writeOut(follower.next())
         while follow {
             usleep(100_000)
             let more = follower.next()
-            if !more.isEmpty { FileHandle.standardOutput.write(Data(more)) }
+            if !more.isEmpty { Kept.writeOut(more) }
         }
     }
 }
@@ -467,9 +469,9 @@ struct Events: ParsableCommand {
         let show = { (bytes: [UInt8]) in
             for event in EventLog.parse(bytes) {
                 if json {
-                    print(Kept.json(["time": event.time, "event": event.event, "detail": event.detail]).replacingOccurrences(of: "\n", with: "").replacingOccurrences(of: "  ", with: " "))
+                    print(Kept.json(["time": event.time, "event": event.event, "detail": event.detail]).replacingAll("\n", with: "").replacingAll("  ", with: " "))
                 } else {
-                    print("\(event.time)  \(event.event.padding(toLength: 14, withPad: " ", startingAt: 0))  \(event.detail)".trimmingCharacters(in: .whitespaces))
+                    print("\(event.time)  \(Kept.padded(event.event, to: 14))  \(event.detail)".trimmingWhitespace())
                 }
             }
             fflush(stdout)

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Glibc
 import VMM
 import VMStore
@@ -30,11 +30,9 @@ enum KeptConsole {
         }
         if terminal.isTerminal || !readOnly {
             let interactive = terminal.isTerminal
-            let thread = Thread {
+            DetachedThread.start(stackSize: 256 << 10) {
                 pumpInput(into: fd, interpretEscape: interactive, forward: !readOnly, detached: detached)
             }
-            thread.stackSize = 256 << 10
-            thread.start()
         }
         var buffer = [UInt8](repeating: 0, count: 16384)
         var outputClosed = false
@@ -60,7 +58,7 @@ enum KeptConsole {
     }
 
     final class DetachFlag: @unchecked Sendable {
-        private let lock = NSLock()
+        private let lock = PlainLock()
         private var value = false
         var isSet: Bool {
             lock.lock()

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Glibc
 import VMConfig
 import VMStore
@@ -151,7 +151,7 @@ struct Wait: ParsableCommand {
         abstract: "Wait until a kept VM is running, has stopped, or its console printed something.",
         discussion: """
             --for console=REGEX searches what the console printed since the VM was started (so text \
-            printed before the wait counts), with an ICU regular expression (NSRegularExpression).
+            printed before the wait counts), with a Swift regular expression (Regex).
 
             Exit status: 0 it happened; 124 --timeout passed first; 1 the VM stopped before its \
             console matched (or no such VM); 2 bad input.
@@ -187,8 +187,8 @@ struct Wait: ParsableCommand {
             }
         case let text where text.hasPrefix("console="):
             let pattern = String(text.dropFirst("console=".count))
-            let expression: NSRegularExpression
-            do { expression = try NSRegularExpression(pattern: pattern) } catch {
+            let expression: Regex<AnyRegexOutput>
+            do { expression = try Regex(pattern).matchingSemantics(.unicodeScalar) } catch {
                 throw UsageError("--for console=\(pattern): not a regular expression")
             }
             try Self.waitForConsole(folder, expression, deadline: deadline)
@@ -202,12 +202,12 @@ struct Wait: ParsableCommand {
         return ExitCode(124)
     }
 
-    static func matches(_ expression: NSRegularExpression, _ bytes: [UInt8]) -> Bool {
+    static func matches(_ expression: Regex<AnyRegexOutput>, _ bytes: [UInt8]) -> Bool {
         let text = String(decoding: bytes, as: UTF8.self)
-        return expression.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)) != nil
+        return text.firstMatch(of: expression) != nil
     }
 
-    static func waitForConsole(_ folder: VMFolder, _ expression: NSRegularExpression, deadline: Date) throws {
+    static func waitForConsole(_ folder: VMFolder, _ expression: Regex<AnyRegexOutput>, deadline: Date) throws {
         while true {
             if !folder.status().isRunning {
                 if matches(expression, KeptAttach.lastRun(CappedLog.contents(folder.consoleLogPath), name: folder.name)) { return }
@@ -305,8 +305,8 @@ struct Autostart: ParsableCommand {
     /// systemd quoting (systemd.syntax(7)): double quotes, with `\` and `"` escaped; `%` doubled
     /// (a specifier otherwise) and `$` doubled (an environment expansion otherwise).
     static func quoted(_ text: String) -> String {
-        "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-            .replacingOccurrences(of: "%", with: "%%").replacingOccurrences(of: "$", with: "$$") + "\""
+        "\"" + text.replacingAll("\\", with: "\\\\").replacingAll("\"", with: "\\\"")
+            .replacingAll("%", with: "%%").replacingAll("$", with: "$$") + "\""
     }
 
     static func unit(for folder: VMFolder, environment: [String: String] = ProcessInfo.processInfo.environment) -> String {

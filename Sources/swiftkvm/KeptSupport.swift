@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Glibc
 import VMConfig
 import VMM
@@ -173,8 +173,101 @@ enum Kept {
 
     static func describe(bytes: Int) -> String { CommandLineValues.describe(size: bytes) }
 
+    /// `bytes` written straight to standard output (unbuffered, as FileHandle.standardOutput wrote);
+    /// stops quietly if the output went away.
+    static func writeOut(_ bytes: [UInt8]) {
+        var done = 0
+        while done < bytes.count {
+            let written = bytes.withUnsafeBytes { write(STDOUT_FILENO, $0.baseAddress! + done, bytes.count - done) }
+            if written < 0, errno == EINTR { continue }
+            guard written > 0 else { return }
+            done += written
+        }
+    }
+
+    /// `text` cut or padded with spaces to `length` characters (String.padding(toLength:withPad:startingAt:)).
+    static func padded(_ text: String, to length: Int) -> String {
+        let count = text.count
+        if count >= length { return String(text.prefix(length)) }
+        return text + String(repeating: " ", count: length - count)
+    }
+
+    /// `value` (dictionaries with String keys, arrays, strings, integers, doubles, booleans) as
+    /// JSONSerialization wrote it with [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]:
+    /// two-space indents, `"key" : value`, keys sorted; "{}" for what is not JSON.
     static func json(_ value: Any) -> String {
-        guard let data = try? JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]) else { return "{}" }
-        return String(decoding: data, as: UTF8.self)
+        var out = ""
+        guard writeJSON(value, into: &out, indent: 0) else { return "{}" }
+        return out
+    }
+
+    private static func writeJSON(_ value: Any, into out: inout String, indent: Int) -> Bool {
+        func pad(_ level: Int) -> String { String(repeating: "  ", count: level) }
+        switch value {
+        case let text as String:
+            out += jsonString(text)
+        case let flag as Bool:
+            out += flag ? "true" : "false"
+        case let number as Int:
+            out += String(number)
+        case let number as Int32:
+            out += String(number)
+        case let number as UInt32:
+            out += String(number)
+        case let number as UInt64:
+            out += String(number)
+        case let number as Int64:
+            out += String(number)
+        case let number as UInt:
+            out += String(number)
+        case let number as Double:
+            guard number.isFinite else { return false }
+            var text = number.description
+            if text.hasSuffix(".0") { text.removeLast(2) }
+            out += text
+        case let object as [String: Any]:
+            out += "{\n"
+            var first = true
+            for key in object.keys.sorted() {
+                if !first { out += ",\n" }
+                first = false
+                out += pad(indent + 1) + jsonString(key) + " : "
+                guard writeJSON(object[key]!, into: &out, indent: indent + 1) else { return false }
+            }
+            out += "\n" + pad(indent) + "}"
+        case let array as [Any]:
+            out += "[\n"
+            var first = true
+            for element in array {
+                if !first { out += ",\n" }
+                first = false
+                out += pad(indent + 1)
+                guard writeJSON(element, into: &out, indent: indent + 1) else { return false }
+            }
+            out += "\n" + pad(indent) + "]"
+        default:
+            return false
+        }
+        return true
+    }
+
+    private static func jsonString(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\u{08}": out += "\\b"
+            case "\u{0C}": out += "\\f"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\u{00}"..."\u{1F}":
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
     }
 }

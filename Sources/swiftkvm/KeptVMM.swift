@@ -1,7 +1,7 @@
 import ArgumentParser
 import ControlAPI
 import Dispatch
-import Foundation
+import FoundationEssentials
 import Glibc
 import Synchronization
 import VMConfig
@@ -59,7 +59,7 @@ final class ReadyChannel: Sendable {
 
     func send(_ line: String) {
         guard let fd = descriptor.withLock({ current -> Int32? in defer { current = nil }; return current }) else { return }
-        let bytes = Array((line.replacingOccurrences(of: "\n", with: " ") + "\n").utf8)
+        let bytes = Array((line.replacingAll("\n", with: " ") + "\n").utf8)
         _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
         close(fd)
     }
@@ -88,7 +88,7 @@ final class RecordKeeper: Sendable {
 /// Pours what the console's writer types into the guest's COM1 as its driver takes it.
 final class ConsoleFeeder: @unchecked Sendable {
     // @unchecked: `pending` and `started` are guarded by `lock`.
-    private let lock = NSLock()
+    private let lock = PlainLock()
     private var pending: [UInt8] = []
     private var started = false
     private let wake = DispatchSemaphore(value: 0)
@@ -104,9 +104,7 @@ final class ConsoleFeeder: @unchecked Sendable {
         started = true
         lock.unlock()
         if start {
-            let thread = Thread { [self] in loop() }
-            thread.stackSize = 256 << 10
-            thread.start()
+            DetachedThread.start(stackSize: 256 << 10) { [self] in loop() }
         }
         wake.signal()
     }
@@ -274,7 +272,15 @@ struct KeptVMM {
                 if boot == 1 { record.state = (startPaused ? VMRecord.State.paused : .running).rawValue }
             }
             eventLog.append(boot == 1 ? "started" : "booted", "boot \(boot)" + (boot == 1 && startPaused ? ", paused" : ""))
-            if boot == 1 { ready.send("ok \(getpid())") }
+            // The hook runs just before the instance publishes the booted machine: say ready once
+            // it has (at most 10 s on), so a `pause` right after `start` finds the VM 'Running'.
+            if boot == 1 {
+                DetachedThread.start(stackSize: 256 << 10) { [instance] in
+                    let deadline = ContinuousClock.now + .seconds(10)
+                    while instance.runState == .notStarted, ContinuousClock.now < deadline { usleep(1_000) }
+                    ready.send("ok \(getpid())")
+                }
+            }
         }
         stopper.watch { instance.stop() }
         // A kept VM has a control API: the filter for a VMM that may rebuild its machine and write

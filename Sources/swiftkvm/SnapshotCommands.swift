@@ -1,6 +1,6 @@
 import ArgumentParser
 import ControlAPI
-import Foundation
+import FoundationEssentials
 import Glibc
 import VMConfig
 import VMM
@@ -47,9 +47,9 @@ struct SnapshotCommand: ParsableCommand {
             let paused = try client.request("PATCH", "/vm", body: #"{"state":"Paused"}"#)
             guard paused.status == 204 else { throw RuntimeFailure("pausing: \(paused.fault)") }
         }
-        let body = try JSONSerialization.data(withJSONObject: [
-            "snapshot_type": "Full", "snapshot_path": SnapshotFolder.statePath(folder), "mem_file_path": SnapshotFolder.memoryPath(folder),
-        ])
+        struct Create: Encodable { let snapshot_type: String, snapshot_path: String, mem_file_path: String }
+        let body = try JSONEncoder().encode(
+            Create(snapshot_type: "Full", snapshot_path: SnapshotFolder.statePath(folder), mem_file_path: SnapshotFolder.memoryPath(folder)))
         let created = try client.request("PUT", "/snapshot/create", body: String(decoding: body, as: UTF8.self))
         if wasRunning, !leavePaused { _ = try? client.request("PATCH", "/vm", body: #"{"state":"Resumed"}"#) }
         guard created.status == 204 else { throw RuntimeFailure("the snapshot failed: \(created.fault)") }
@@ -148,9 +148,8 @@ struct UnixHTTPClient {
         let body: String
         /// The server's `fault_message`, or the body.
         var fault: String {
-            if let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
-                let message = object["fault_message"] as? String
-            {
+            struct Fault: Decodable { let fault_message: String? }
+            if let message = (try? JSONDecoder().decode(Fault.self, from: Data(body.utf8)))?.fault_message {
                 return message
             }
             return body.isEmpty ? "status \(status)" : body
@@ -192,10 +191,12 @@ struct UnixHTTPClient {
             received += buffer[0..<count]
         }
         let response = String(decoding: received, as: UTF8.self)
-        let parts = response.components(separatedBy: "\r\n\r\n")
-        let statusLine = parts.first?.split(separator: "\r\n").first ?? ""
+        // The head ends at the first blank line; everything after it is the body.
+        let separator = response.firstRange(of: "\r\n\r\n")
+        let head = separator.map { response[..<$0.lowerBound] } ?? response[...]
+        let statusLine = head.split(separator: "\r\n").first ?? ""
         let fields = statusLine.split(separator: " ")
         guard fields.count >= 2, let status = Int(fields[1]) else { throw RuntimeFailure("--api-socket \(path): no HTTP response") }
-        return Response(status: status, body: parts.dropFirst().joined(separator: "\r\n\r\n"))
+        return Response(status: status, body: separator.map { String(response[$0.upperBound...]) } ?? "")
     }
 }
