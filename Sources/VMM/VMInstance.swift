@@ -343,15 +343,15 @@ public final class VMInstance: @unchecked Sendable {
         firstBootHook.withLock { $0 = body }
     }
 
-    /// Runs `body` with the boot's number (1, 2, …) each time a boot's machine is built, right
-    /// before its vCPUs start (on the thread that runs the VM): where a kept VM marks its console log.
+    /// Runs `body` with the boot's number (1, 2, …) each time a boot's machine is built and
+    /// published (`runState` and `bootCount` say so), right before its vCPUs start (on the thread
+    /// that runs the VM): where a kept VM marks its console log and says it is ready.
     public func onEachBoot(_ body: @escaping @Sendable (Int) -> Void) {
         bootHook.withLock { $0 = body }
     }
 
     private func publish(machine: Machine, linux: LinuxGuest?, boot: Int) {
         if boot == 1, let hook = firstBootHook.withLock({ hook in defer { hook = nil }; return hook }) { hook() }
-        if let hook = bootHook.withLock({ $0 }) { hook(boot) }
         let pending = state.withLock { current -> GuestOutcome? in
             current.machine = machine
             current.linux = linux
@@ -359,6 +359,9 @@ public final class VMInstance: @unchecked Sendable {
             current.phase = .booted
             return current.stopRequest
         }
+        // After the boot is published (the API says Running), before the vCPUs start: what the hook
+        // announces can be acted on at once, and it comes before any of the boot's console output.
+        if let hook = bootHook.withLock({ $0 }) { hook(boot) }
         if let pending { machine.requestStop(pending) }
     }
 

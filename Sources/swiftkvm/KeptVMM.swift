@@ -272,15 +272,8 @@ struct KeptVMM {
                 if boot == 1 { record.state = (startPaused ? VMRecord.State.paused : .running).rawValue }
             }
             eventLog.append(boot == 1 ? "started" : "booted", "boot \(boot)" + (boot == 1 && startPaused ? ", paused" : ""))
-            // The hook runs just before the instance publishes the booted machine: say ready once
-            // it has (at most 10 s on), so a `pause` right after `start` finds the VM 'Running'.
-            if boot == 1 {
-                DetachedThread.start(stackSize: 256 << 10) { [instance] in
-                    let deadline = ContinuousClock.now + .seconds(10)
-                    while instance.runState == .notStarted, ContinuousClock.now < deadline { usleep(1_000) }
-                    ready.send("ok \(getpid())")
-                }
-            }
+            // The hook runs once the boot is published, so a `pause` right after `start` finds it Running.
+            if boot == 1 { ready.send("ok \(getpid())") }
         }
         stopper.watch { instance.stop() }
         // A kept VM has a control API: the filter for a VMM that may rebuild its machine and write
