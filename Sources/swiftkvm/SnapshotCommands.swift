@@ -124,18 +124,7 @@ struct RestoreCommand: ParsableCommand {
         }
         // The filter goes on once the machine is built from the snapshot (the memory file mapped,
         // the disks opened, KVM's state written), right before its vCPUs start.
-        if seccomp == "on" {
-            let mode = SeccompSetup.mode(for: configuration, apiSocket: apiSocket)
-            instance.beforeFirstBoot { SeccompSetup.install(mode) }
-        }
-        var server: ControlServer?
-        if let apiSocket {
-            let started = ControlServer(path: apiSocket, controller: InstanceController(instance: instance, output: output))
-            do { try started.start() } catch { throw UsageError("--api-socket \(error)") }
-            server = started
-        }
-        defer { server?.stop() }
-        try Run.run(instance, output: output, stopper: stopper, paused: false, stats: stats)
+        try Run.run(instance, apiSocket: apiSocket, seccomp: seccomp == "on", output: output, stopper: stopper, paused: false, stats: stats)
     }
 }
 

@@ -299,8 +299,18 @@ struct Run: ParsableCommand {
         } catch {
             throw UsageError(error.description)
         }
-        if seccomp == "on" {
-            let mode = SeccompSetup.mode(for: vm, apiSocket: apiSocket)
+        try Self.run(instance, apiSocket: apiSocket, seccomp: seccomp == "on", output: output, stopper: stopper, paused: paused, stats: stats)
+    }
+
+    /// `run` with what `swiftkvm run` and `swiftkvm restore` add around it: the seccomp filter
+    /// (unless `seccomp` is off) right before the first boot's vCPUs start, and the control API on
+    /// `apiSocket` while the VM runs.
+    static func run(
+        _ instance: VMInstance, apiSocket: String?, seccomp: Bool, output: ConsoleOutputBuffer, stopper: SignalStopper, paused: Bool,
+        stats: Bool
+    ) throws -> Never {
+        if seccomp {
+            let mode = SeccompSetup.mode(for: instance.configuration, apiSocket: apiSocket)
             instance.beforeFirstBoot { SeccompSetup.install(mode) }
         }
         var server: ControlServer?
@@ -310,7 +320,7 @@ struct Run: ParsableCommand {
             server = started
         }
         defer { server?.stop() }
-        try Self.run(instance, output: output, stopper: stopper, paused: paused, stats: stats)
+        try run(instance, output: output, stopper: stopper, paused: paused, stats: stats)
     }
 
     /// Runs `instance` to its end with the console on this terminal, then exits with its outcome's status.
